@@ -3,6 +3,7 @@
 import json
 import os
 
+import flax.serialization
 import jax
 import numpy as np
 import pytest
@@ -187,6 +188,16 @@ def test_evaluate_digit_samples_validates_input(trained_params, digits):
         evaluate_digit_samples(trained_params, np.full_like(samples, np.nan), labels, heldout, reference)
     with pytest.raises(ValueError, match="heldout_labels must have shape"):
         classifier_heldout_accuracy(trained_params, heldout, labels)
+    with pytest.raises(ValueError, match=r"heldout_images must be in \[-1, 1\]"):
+        evaluate_digit_samples(trained_params, samples, labels, (heldout + 1) * 127.5, reference)
+
+
+def test_samples_are_clipped_to_the_image_range(trained_params, digits):
+    samples, labels = digits["unseen"][0][:20] * 1.3, digits["unseen"][1][:20]
+    args = (digits["heldout"][0][:50], digits["train"][0][:20])
+    overshooting = evaluate_digit_samples(trained_params, samples, labels, *args)
+    clipped = evaluate_digit_samples(trained_params, np.clip(samples, -1, 1), labels, *args)
+    assert overshooting == clipped
 
 
 # ---- cache ----
@@ -213,19 +224,29 @@ def test_load_or_train_classifier_trains_once_and_caches(tmp_path, digits, monke
 
     with pytest.raises(ValueError, match="other settings.*seed"):
         classifier_lib.load_or_train_classifier(str(tmp_path), images, labels, seed=1, steps=10)
+    with pytest.raises(TypeError, match="unknown training arguments \\['step'\\]"):
+        classifier_lib.load_or_train_classifier(str(tmp_path), images, labels, step=10)
+    with pytest.raises(ValueError, match="heldout_images and heldout_labels"):
+        classifier_lib.load_or_train_classifier(str(tmp_path), images, labels, steps=10,
+                                                heldout_images=heldout_images)
     assert calls == [0]
 
 
 def test_unreadable_cache_raises_naming_the_file_and_keeps_it(tmp_path, digits):
     path = tmp_path / classifier_lib.PARAMS_FILENAME
+    info = tmp_path / classifier_lib.INFO_FILENAME
+    path.write_bytes(flax.serialization.to_bytes(classifier_lib.init_params(0)))
+    info.write_text("{truncated")
+    with pytest.raises(ValueError, match=str(info)):
+        classifier_lib.load_or_train_classifier(str(tmp_path), *digits["train"])
+    info.unlink()
+
     path.write_bytes(b"not a msgpack file")
     with pytest.raises(ValueError, match=str(path)):
         classifier_lib.load_or_train_classifier(str(tmp_path), *digits["train"])
     assert path.read_bytes() == b"not a msgpack file"
 
     # Parameters of another shape (e.g. a different feature width) are refused too.
-    import flax.serialization
-
     params = classifier_lib.init_params(0)
     params["Dense_0"]["kernel"] = np.zeros((3, 3), np.float32)
     path.write_bytes(flax.serialization.to_bytes(params))

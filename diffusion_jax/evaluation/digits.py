@@ -23,7 +23,9 @@ def evaluate_digit_samples(
     heldout_images: Any,
     reference_images: Any,
 ) -> dict[str, Any]:
-    """Scores `samples` [N, 32, 32, 1] in [-1, 1] generated for digits `requested_labels` [N].
+    """Scores `samples` [N, 32, 32, 1] generated for digits `requested_labels` [N].
+
+    Samples are clipped to [-1, 1] first (as when shown or saved); the real digits must be in [-1, 1].
 
     Returns a dict with
       - `accuracy`: fraction of samples the classifier assigns to the requested digit;
@@ -37,7 +39,7 @@ def evaluate_digit_samples(
     Raises ValueError for labels outside 0..9, a label count that differs from N, or a number of
     reference images that differs from N.
     """
-    samples = check_images(samples, "samples")
+    samples = np.clip(check_images(samples, "samples", check_range=False), -1.0, 1.0)
     num = samples.shape[0]
     requested = check_labels(requested_labels, num, "requested_labels")
     heldout_images = check_images(heldout_images, "heldout_images")

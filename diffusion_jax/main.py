@@ -1,0 +1,45 @@
+"""The one entry point: `python -m diffusion_jax.main --config=experiments/digits.py --workdir=DIR [--mode=...]`.
+
+Flags pick the config file (with an optional preset, `experiments/digits.py:tiny`) and override any key with
+`--config.group.key=value`; the work itself lives in importable functions (`diffusion_jax.trainers.*`), which Colab
+notebooks call directly.
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from diffusion_jax.config import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally file.py:preset.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples; reruns resume.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
+                          "train (then sample and eval if train.final_sample), sample, or eval.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+TASKS = ("digits",)
+
+
+def run(config, workdir: str, mode: str):
+    """Dispatches on the config's task and the mode; returns what the task function returns."""
+    task = config.get("task")
+    if task not in TASKS:
+        raise ConfigError(f"config.task={task!r} is not one of {TASKS}")
+    from diffusion_jax.trainers import digits
+    return {"train": digits.train, "sample": digits.sample, "eval": digits.evaluate}[mode](config, workdir)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    except (ConfigError, FileNotFoundError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

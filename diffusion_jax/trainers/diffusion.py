@@ -1,0 +1,131 @@
+"""Noise-prediction diffusion training and sampling, conditioned on a class label (phases 1 and 2).
+
+`make_train_step` is the one per-device train step (lifted by `DataParallel`); `make_sampler` the one per-device
+sampler (a `lax.scan` chain with classifier-free guidance). Both are pure; files and logs live in the task modules.
+"""
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from diffusion_jax.diffusion import losses, samplers, schedules
+from diffusion_jax.models.unet import UNet
+from diffusion_jax.parallel import AXIS, DataParallel
+from diffusion_jax.trainers.state import TrainState, apply_gradients
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_unet(model_config, *, num_classes: int, out_channels: int) -> UNet:
+    """The U-Net described by the `model` config group (explicit fields: the model never reads the config)."""
+    return UNet(channels=tuple(model_config.channels), num_res_blocks=model_config.num_res_blocks,
+                attention_resolutions=tuple(model_config.attention_resolutions), num_classes=num_classes,
+                out_channels=out_channels, patch_size=model_config.patch_size, dropout=model_config.dropout,
+                num_heads=model_config.num_heads, norm_groups=model_config.norm_groups,
+                dtype=_DTYPES[model_config.dtype])
+
+
+def example_keys(key: jax.Array, batch_size: int) -> jax.Array:
+    """One key per example of this device's batch, folded from the example's index in the GLOBAL batch.
+
+    The device index enters through the global index, so the randomness of an example does not depend on how the
+    global batch is split: 1 device and 8 devices draw the same noise for the same example.
+    """
+    start = lax.axis_index(AXIS) * batch_size
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(batch_size))
+
+
+def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.GradientTransformation, *, seed: int,
+                    prediction: str, cond_dropout: float, ema_decay: float) -> Callable:
+    """Per-device `(state, batch) -> (state, metrics)` for batch {'image': [b,H,W,C] f32, 'label': [b] int}.
+
+    Noise generator: t ~ U{0..T-1}, ε ~ N(0, I), x_t = q_sample(x0, t, ε); labels are replaced by the null class with
+    probability `cond_dropout` (classifier-free guidance training). Loss: MSE between the prediction and the eps (or v)
+    target. Gradients and metrics are averaged over the device axis. Keys: (seed, step, example) for the noise,
+    (seed, step, device) for dropout.
+    """
+    null_label = model.num_classes
+    num_t = schedule.num_steps
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        x0, labels = batch["image"], batch["label"]
+        b = x0.shape[0]
+        step_key = jax.random.fold_in(jax.random.key(seed), state.step)
+        keys = example_keys(jax.random.fold_in(step_key, 0), b)
+
+        def draw(k):
+            kt, kn, kd = jax.random.split(k, 3)
+            return (jax.random.randint(kt, (), 0, num_t), jax.random.normal(kn, x0.shape[1:]),
+                    jax.random.bernoulli(kd, cond_dropout))
+
+        t, noise, drop = jax.vmap(draw)(keys)
+        labels = jnp.where(drop, null_label, labels)
+        x_t = schedules.q_sample(schedule, x0, t, noise)
+        target = schedules.prediction_target(schedule, x0, t, noise, prediction)
+        dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 1), lax.axis_index(AXIS))
+
+        def loss_fn(params):
+            pred = model.apply(params, x_t, t, labels, train=True, rngs={"dropout": dropout_key})
+            return losses.noise_mse(pred, target)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        grads = lax.pmean(grads, AXIS)
+        new_state = apply_gradients(state, grads, tx, ema_decay)
+        metrics = {"loss": lax.pmean(loss, AXIS), "grad_norm": optax.global_norm(grads)}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_sampler(model: UNet, schedule: schedules.Schedule, image_shape, *, sampler: str, steps: int, eta: float,
+                 prediction: str, clip_x0: bool = True) -> Callable:
+    """Per-device `(params, labels [b], keys [b], guidance) -> images [b,H,W,C]` with classifier-free guidance.
+
+    The guidance scale is a traced argument: changing it does not recompile. The step count is static.
+    """
+    null_label = model.num_classes
+    image_shape = tuple(image_shape)
+
+    def draw(params, labels, keys, guidance):
+        apply = lambda x, t, c: model.apply(params, x, t, c)  # noqa: E731
+        model_fn = samplers.classifier_free_guidance(apply, labels, jnp.full_like(labels, null_label), guidance)
+        return samplers.sample(sampler, model_fn, schedule, keys, image_shape, steps=steps, eta=eta,
+                               prediction=prediction, clip_x0=clip_x0)
+
+    return draw
+
+
+class Sampler:
+    """Draws images for given labels on all local devices, in fixed-size chunks, deterministically per seed.
+
+    Example i of a call gets the key fold_in(key(seed), i), so a sample depends only on (seed, i, label, guidance),
+    not on the device count or chunk size.
+    """
+
+    def __init__(self, dp: DataParallel, model: UNet, schedule: schedules.Schedule, image_shape, *, sampler: str,
+                 steps: int, eta: float, prediction: str, batch_size: int):
+        per_device = make_sampler(model, schedule, image_shape, sampler=sampler, steps=steps, eta=eta,
+                                  prediction=prediction)
+        self.dp = dp
+        self.chunk = -(-batch_size // dp.num_devices) * dp.num_devices
+        self._draw = dp.lift(per_device, ("replicated", "sharded", "sharded", "replicated"), "sharded")
+
+    def __call__(self, params, labels: np.ndarray, *, seed: int, guidance: float) -> np.ndarray:
+        """`params` as placed by `dp.replicate`; returns float32 images in [-1, 1], one per label."""
+        labels = np.asarray(labels, np.int32)
+        n = len(labels)
+        chunk = min(self.chunk, -(-n // self.dp.num_devices) * self.dp.num_devices)
+        total = -(-n // chunk) * chunk
+        padded = np.concatenate([labels, np.zeros(total - n, np.int32)])
+        key = jax.random.key(seed)
+        all_keys = jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total)))
+        g = self.dp.replicate(np.float32(guidance))
+        out = []
+        for start in range(0, total, chunk):
+            batch = self.dp.shard_batch({"label": padded[start:start + chunk],
+                                         "key": np.asarray(all_keys[start:start + chunk])})
+            out.append(self.dp.gather_batch(self._draw(params, batch["label"], batch["key"], g)))
+        return np.concatenate(out)[:n]

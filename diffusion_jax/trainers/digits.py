@@ -1,0 +1,181 @@
+"""The digits task end to end: train a class-conditional U-Net, draw digits, evaluate them. Used by main.py and Colab.
+
+Everything a run makes lives in its workdir:
+  checkpoints/            orbax train states (resume from the latest good one)
+  metrics.jsonl, tensorboard/
+  samples/step_*.png      grids drawn during training
+  samples/samples.npz     images (uint8 N x 32 x 32 x 1) and labels (int N); samples.png beside it, one row a digit
+  classifier/             the evaluation classifier (trained on real training digits only)
+  eval.json               accuracy per class, Fréchet distance and its real-vs-real floor
+"""
+import json
+import os
+import time
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from diffusion_jax import config as config_lib
+from diffusion_jax.checkpoint import Checkpointer
+from diffusion_jax.data import mnist, pipeline
+from diffusion_jax.diffusion import schedules
+from diffusion_jax.evaluation import classifier as classifier_lib
+from diffusion_jax.evaluation.digits import classifier_heldout_accuracy, evaluate_digit_samples
+from diffusion_jax.images import save_grid
+from diffusion_jax.parallel import DataParallel
+from diffusion_jax.trainers import diffusion, loop
+from diffusion_jax.trainers.state import TrainState, make_optimizer
+
+IMAGE_SHAPE = (32, 32, 1)
+
+
+class Digits:
+    """The model, schedule, optimizer and data-parallel plumbing that one digits config describes."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        config_lib.validate_digits_config(config)
+        self.config = config
+        self.dp = DataParallel(config.train.parallel)
+        self.model = diffusion.build_unet(config.model, num_classes=mnist.NUM_CLASSES, out_channels=IMAGE_SHAPE[-1])
+        self.schedule = schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
+        t = config.train
+        self.tx = make_optimizer(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, num_steps=t.num_steps,
+                                 weight_decay=t.weight_decay, grad_clip=t.grad_clip)
+
+    def init_state(self) -> TrainState:
+        """A fresh train state (parameters from `seed`; initialised on a 2-example batch, which is cheap)."""
+        x = np.zeros((2,) + IMAGE_SHAPE, np.float32)
+        params = self.model.init(jax.random.key(self.config.seed), x, np.zeros(2, np.int32), np.zeros(2, np.int32))
+        return TrainState.create(params, self.tx)
+
+    def sampler(self) -> diffusion.Sampler:
+        s = self.config.sample
+        return diffusion.Sampler(self.dp, self.model, self.schedule, IMAGE_SHAPE, sampler=s.sampler, steps=s.steps,
+                                 eta=s.eta, prediction=self.config.diffusion.prediction, batch_size=s.batch_size)
+
+    def train_data(self) -> dict:
+        c = self.config.data
+        images, labels = mnist.load_mnist(c.source, "train", tfds_data_dir=c.tfds_data_dir or None)
+        return {"image": mnist.to_model_images(images), "label": labels}
+
+
+def _sample_path(config, workdir: str) -> str:
+    return config.sample.output or os.path.join(workdir, "samples", "samples.npz")
+
+
+def _write_samples(path: str, images: np.ndarray, labels: np.ndarray, digits: list[int]) -> None:
+    """Writes the npz and the PNG grid beside it (one row per digit); never overwrites an existing file silently."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    images_u8 = mnist.to_uint8_images(images)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, images=images_u8, labels=labels.astype(np.int64))
+    if os.path.exists(path):  # keep the previous result: a new sampling run must not destroy the last one
+        os.replace(path, path[:-4] + time.strftime("-%Y%m%d-%H%M%S") + ".npz")
+    os.replace(tmp, path)
+    rows = [np.flatnonzero(labels == d) for d in digits]
+    save_grid(path[:-4] + ".png", images_u8, rows, row_titles=[str(d) for d in digits])
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
+    """Trains (or resumes) in `workdir`; then samples and evaluates if `train.final_sample`. Returns the host state."""
+    task = Digits(config)
+    data = task.train_data()
+    t = config.train
+    train_step = task.dp.lift(
+        diffusion.make_train_step(task.model, task.schedule, task.tx, seed=config.seed,
+                                  prediction=config.diffusion.prediction, cond_dropout=config.diffusion.cond_dropout,
+                                  ema_decay=t.ema_decay),
+        ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
+    sampler = task.sampler()
+    grid_labels = np.repeat(np.arange(mnist.NUM_CLASSES), 8)
+
+    def sample_grid(step: int, device_state) -> None:
+        images = sampler(device_state.ema_params, grid_labels, seed=config.sample.seed, guidance=config.sample.guidance)
+        rows = [np.flatnonzero(grid_labels == d) for d in range(mnist.NUM_CLASSES)]
+        if jax.process_index() == 0:
+            save_grid(os.path.join(workdir, "samples", f"step_{step:06d}.png"), mnist.to_uint8_images(images), rows)
+
+    state = loop.train_loop(
+        workdir=workdir, dp=task.dp, init_state=task.init_state, train_step=train_step,
+        get_batch=lambda step: pipeline.get_batch(data, t.batch_size, config.seed, step), num_steps=t.num_steps,
+        log_every=t.log_every, checkpoint_every=t.checkpoint_every, max_to_keep=t.max_to_keep,
+        hooks=((t.sample_every, sample_grid),), progress=t.progress, description="digits")
+    if t.final_sample:
+        sample(config, workdir, state=state, task=task)
+        evaluate(config, workdir)
+    return state
+
+
+def _load_state(task: Digits, workdir: str) -> TrainState:
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    with Checkpointer(ckpt_dir, max_to_keep=task.config.train.max_to_keep) as checkpointer:
+        restored = checkpointer.restore(jax.eval_shape(task.init_state))
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first (--mode=train) with this workdir")
+    return restored[1]
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str, *, state: Optional[TrainState] = None,
+           task: Optional[Digits] = None) -> str:
+    """Draws `sample.num_per_class` digits for each label in `sample.labels`; writes npz + PNG; returns the npz path."""
+    task = task or Digits(config)
+    state = state if state is not None else _load_state(task, workdir)
+    s = config.sample
+    digits = config_lib.parse_labels(s.labels)
+    labels = np.repeat(np.asarray(digits, np.int32), s.num_per_class)
+    params = task.dp.replicate(state.ema_params if s.use_ema else state.params)
+    start = time.time()
+    images = task.sampler()(params, labels, seed=s.seed, guidance=s.guidance)
+    seconds = time.time() - start
+    path = _sample_path(config, workdir)
+    if jax.process_index() == 0:
+        _write_samples(path, images, labels, digits)
+    logging.info("drew %d digits (%s, %d steps, guidance %.2f) in %.1f s -> %s", len(labels), s.sampler, s.steps,
+                 s.guidance, seconds, path)
+    print(f"sampled {len(labels)} digits in {seconds:.1f} s ({len(labels) / seconds:.1f} images/s) -> {path}")
+    return path
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Scores the samples at `eval.samples` (default `sample.output`) with the project's digit classifier.
+
+    Reports the fraction classified as the requested digit (overall and per class) and the Fréchet distance in the
+    classifier's feature space to the held-out real digits, beside the real-vs-real floor at the same sample count.
+    """
+    config_lib.validate_digits_config(config)
+    path = config.eval.samples or _sample_path(config, workdir)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no samples at {path} (config.eval.samples / config.sample.output): run "
+                                "--mode=sample first")
+    with np.load(path) as f:
+        if "images" not in f or "labels" not in f:
+            raise ValueError(f"{path} must hold 'images' and 'labels' arrays (got {sorted(f.files)})")
+        images, labels = f["images"], f["labels"]
+    c = config.data
+    train_images, train_labels = mnist.load_mnist(c.source, "train", tfds_data_dir=c.tfds_data_dir or None)
+    test_images, test_labels = mnist.load_mnist(c.source, "test", tfds_data_dir=c.tfds_data_dir or None)
+    train_x, test_x = mnist.to_model_images(train_images), mnist.to_model_images(test_images)
+    start = time.time()
+    params = classifier_lib.load_or_train_classifier(
+        os.path.join(workdir, "classifier"), train_x, train_labels, seed=config.seed, heldout_images=test_x,
+        heldout_labels=test_labels, steps=config.eval.classifier_steps)
+    classifier_seconds = time.time() - start
+    samples = images.astype(np.float32) / 127.5 - 1.0
+    reference = train_x[np.random.default_rng(config.seed).permutation(len(train_x))[:len(samples)]]
+    if len(reference) < len(samples):
+        reference = train_x[np.random.default_rng(config.seed).integers(0, len(train_x), len(samples))]
+    result = evaluate_digit_samples(params, samples, labels, test_x, reference)
+    result["classifier_heldout_accuracy"] = classifier_heldout_accuracy(params, test_x, test_labels)
+    result["classifier_seconds"] = classifier_seconds
+    result["samples"] = os.path.abspath(path)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "eval.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    per_class = " ".join(f"{d}:{a:.2f}" for d, a in result["per_class_accuracy"].items())
+    print(f"eval: accuracy {result['accuracy']:.4f} ({result['num_samples']} samples; classifier held-out accuracy "
+          f"{result['classifier_heldout_accuracy']:.4f})\n  per class {per_class}\n"
+          f"  Frechet distance {result['fd']:.3f} (real-vs-real floor {result['fd_floor']:.3f})")
+    return result

@@ -1,0 +1,123 @@
+"""The shared training loop: resume, steps, non-finite guard, metrics, checkpoints, periodic hooks.
+
+Every task (digits, CLIP, text-to-image) brings a lifted train step and a batch function; this loop owns the side
+effects: the checkpoint directory in the workdir, `metrics.jsonl`, TensorBoard events and the progress bar.
+"""
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+import tqdm
+from absl import logging
+from tensorboardX import SummaryWriter
+
+from diffusion_jax.checkpoint import Checkpointer
+from diffusion_jax.parallel import DataParallel
+
+
+class MetricsWriter:
+    """Appends scalar metrics to `workdir/metrics.jsonl` and to TensorBoard event files in `workdir/tensorboard`."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in metrics.items():
+            self._tb.add_scalar(k, float(v), int(step))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def restore_or_init(checkpointer: Checkpointer, init_state: Callable[[], Any]) -> tuple[int, Any]:
+    """Returns (step, host state): the latest good checkpoint if there is one, else a fresh `init_state()`.
+
+    The abstract state comes from `jax.eval_shape`, so a mismatched checkpoint is refused (with the leaves named)
+    before anything is computed or written.
+    """
+    abstract = jax.eval_shape(init_state)
+    restored = checkpointer.restore(abstract)
+    if restored is not None:
+        step, state = restored
+        logging.info("resumed from checkpoint step %d in %s", step, checkpointer.directory)
+        return step, state
+    return 0, jax.jit(init_state)()
+
+
+def _check_finite(step: int, metrics: dict, workdir: str, last_saved: Optional[int]) -> None:
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+        kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was written"
+        raise FloatingPointError(
+            f"non-finite loss ({loss}) at training step {step} in {workdir}; training stopped and {kept}. "
+            "Lower train.learning_rate or check the data.")
+
+
+def train_loop(*, workdir: str, dp: DataParallel, init_state: Callable[[], Any], train_step: Callable,
+               get_batch: Callable[[int], dict], num_steps: int, log_every: int, checkpoint_every: int,
+               max_to_keep: int = 3, hooks: tuple[tuple[int, Callable[[int, Any], None]], ...] = (),
+               progress: bool = True, description: str = "train") -> Any:
+    """Trains until step `num_steps`, resuming from `workdir/checkpoints`; returns the final host state.
+
+    Args:
+      train_step: lifted `(device_state, device_batch) -> (device_state, metrics)`; metrics are replicated scalars.
+      get_batch: host batch for a global step, a pure function of the step (exact resume after a kill).
+      hooks: (every, fn) pairs; fn(step, device_state) runs after every `every` steps (e.g. sample grids).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep)
+    step, host_state = restore_or_init(checkpointer, init_state)
+    if step >= num_steps:
+        checkpointer.close()
+        return host_state
+    state = dp.replicate(host_state)
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    bar = tqdm.tqdm(total=num_steps, initial=step, desc=description, disable=not progress, dynamic_ncols=True,
+                    mininterval=1.0)
+    last_saved = checkpointer.latest_step()
+    window, t_window, pending = [], time.time(), None
+    try:
+        while step < num_steps:
+            state, metrics = train_step(state, dp.shard_batch(get_batch(step)))
+            step += 1
+            # Check the previous step's loss after dispatching this one, so the host never stalls the device.
+            if pending is not None:
+                _check_finite(*pending, workdir, last_saved)
+                window.append(pending[1])
+            pending = (step, dp.unreplicate(metrics))
+            if step % log_every == 0 or step == num_steps or step % checkpoint_every == 0:
+                _check_finite(*pending, workdir, last_saved)
+                window.append(pending[1])
+                pending = None
+            if step % log_every == 0 or step == num_steps:
+                elapsed = time.time() - t_window
+                means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                means["steps_per_sec"] = len(window) / max(elapsed, 1e-9)
+                writer.write(step, means)
+                bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
+                window, t_window = [], time.time()
+            bar.update(1)
+            if step % checkpoint_every == 0 or step == num_steps:
+                checkpointer.save(step, dp.unreplicate(state))
+                last_saved = step
+            for every, hook in hooks:
+                if every and step % every == 0 and step != num_steps:
+                    hook(step, state)
+    finally:
+        bar.close()
+        writer.close()
+        checkpointer.close()
+    return dp.unreplicate(state)
