@@ -1,4 +1,6 @@
-"""Config checks: a bad key or value fails at launch with a message that names it, before anything is computed."""
+"""Configs: load an experiment file (`path.py:preset`), and check keys and values before anything is computed."""
+import importlib.util
+import os
 from typing import Sequence
 
 import ml_collections
@@ -11,6 +13,17 @@ from diffusion_jax.parallel import MODES
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the key."""
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `experiments/NAME.py[:preset]` as `--config=` does, for notebooks, sweeps and tests."""
+    path, _, preset = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(preset) if preset else module.get_config()
 
 
 def _choice(config, key: str, choices: Sequence[str]) -> None:

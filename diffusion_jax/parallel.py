@@ -9,6 +9,12 @@ lifts it in one of two equivalent ways:
 - `'pmap'`: `jax.pmap(fn, axis_name=AXIS)`. Replicated values carry a leading device axis, a batch is reshaped to
   [devices, per-device batch, ...]. Kept because the user's existing launches use it.
 
+Both lifts give the function pmap's semantics: values are per-device unless a collective says otherwise. shard_map
+runs with `check_vma=False` for that reason: with the check on, JAX treats replicated parameters as "invariant" and
+transposes their implicit broadcast into a psum, so `jax.grad` would already return the SUM of the per-device
+gradients and a `lax.pmean` on top would leave it 8x too large on 8 devices (Adam's scale invariance hides this;
+tests/test_parallel.py catches it with SGD).
+
 The loops never see the difference: they go through `replicate`, `unreplicate`, `shard_batch` and `lift`.
 """
 from typing import Any, Callable, Sequence
@@ -90,7 +96,7 @@ class DataParallel:
             body = fn if not single else (lambda *a: (fn(*a),))
             lifted = jax.jit(
                 jax.shard_map(body, mesh=self.mesh, in_specs=tuple(spec(k) for k in in_kinds),
-                              out_specs=tuple(spec(k) for k in out_kinds)),
+                              out_specs=tuple(spec(k) for k in out_kinds), check_vma=False),
                 donate_argnums=tuple(donate_argnums))
         if single:
             return lambda *args: lifted(*args)[0]

@@ -74,7 +74,7 @@ def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.Gradien
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         grads = lax.pmean(grads, AXIS)
         new_state = apply_gradients(state, grads, tx, ema_decay)
-        metrics = {"loss": lax.pmean(loss, AXIS), "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": lax.pmean(loss, AXIS), "grad_norm": optax.tree.norm(grads)}
         return new_state, metrics
 
     return train_step
