@@ -33,6 +33,8 @@ def run(config, workdir: str, mode: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every file operation at INFO; -v 0 brings it back
+        logging.set_verbosity(logging.WARNING)
     try:
         run(_CONFIG.value, _WORKDIR.value, _MODE.value)
     except (ConfigError, FileNotFoundError) as e:

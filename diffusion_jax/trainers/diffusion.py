@@ -117,7 +117,7 @@ class Sampler:
         """`params` as placed by `dp.replicate`; returns float32 images in [-1, 1], one per label."""
         labels = np.asarray(labels, np.int32)
         n = len(labels)
-        chunk = min(self.chunk, -(-n // self.dp.num_devices) * self.dp.num_devices)
+        chunk = self.chunk  # always full chunks: one compiled program whatever the number of labels
         total = -(-n // chunk) * chunk
         padded = np.concatenate([labels, np.zeros(total - n, np.int32)])
         key = jax.random.key(seed)

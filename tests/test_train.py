@@ -1,0 +1,165 @@
+"""End to end: the absl main on the tiny preset, resume after SIGKILL, checkpoint fallback and mismatch, bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from diffusion_jax.checkpoint import Checkpointer, CheckpointMismatchError
+from diffusion_jax.config import ConfigError, load_config
+from diffusion_jax.parallel import DataParallel
+from diffusion_jax.trainers import digits, loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "experiments/digits.py:tiny")
+
+
+def _main(workdir, *flags, mode="train"):
+    cmd = [sys.executable, "-m", "diffusion_jax.main", f"--config={TINY}", f"--workdir={workdir}", f"--mode={mode}",
+           *flags]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, timeout=400):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def _restore(workdir):
+    task = digits.Digits(load_config(TINY))
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+        return ckpt.restore(jax.eval_shape(task.init_state))
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    """One uninterrupted tiny run through the absl main: train 20 steps, sample, evaluate."""
+    workdir = str(tmp_path_factory.mktemp("e2e"))
+    code, out = _finish(_main(workdir))
+    assert code == 0, out
+    return workdir, out
+
+
+def test_main_end_to_end_outputs(e2e):
+    workdir, out = e2e
+    with np.load(os.path.join(workdir, "samples", "samples.npz")) as f:
+        assert f["images"].dtype == np.uint8 and f["images"].shape == (20, 32, 32, 1)
+        np.testing.assert_array_equal(f["labels"], np.repeat(np.arange(10), 2))
+    assert os.path.getsize(os.path.join(workdir, "samples", "samples.png")) > 0
+    assert os.path.exists(os.path.join(workdir, "samples", "step_000010.png"))  # periodic grid during training
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20] and all(np.isfinite(r["loss"]) for r in rows)
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tensorboard")))
+    result = json.load(open(os.path.join(workdir, "eval.json")))
+    assert 0.0 <= result["accuracy"] <= 1.0 and set(result["per_class_accuracy"]) == {str(d) for d in range(10)}
+    assert result["fd"] > 0 and result["fd_floor"] > 0
+    assert "eval: accuracy" in out
+
+
+def test_sample_mode_options_and_rerun_keeps_previous_result(e2e, tmp_path):
+    workdir, _ = e2e
+    output = str(tmp_path / "mine.npz")
+    flags = [f"--config.sample.output={output}", "--config.sample.labels=3,9", "--config.sample.num_per_class=3",
+             "--config.sample.sampler=ddpm", "--config.sample.steps=4", "--config.sample.guidance=1.5"]
+    code, out = _finish(_main(workdir, *flags, mode="sample"))
+    assert code == 0, out
+    with np.load(output) as f:
+        assert f["images"].shape == (6, 32, 32, 1)
+        np.testing.assert_array_equal(f["labels"], [3, 3, 3, 9, 9, 9])
+        first = f["images"].copy()
+    code, out = _finish(_main(workdir, *flags, mode="sample"))
+    assert code == 0, out
+    kept = [n for n in os.listdir(tmp_path) if n.startswith("mine-") and n.endswith(".npz")]
+    assert len(kept) == 1  # the earlier result was moved aside, not overwritten
+    with np.load(output) as f:
+        np.testing.assert_array_equal(f["images"], first)  # same seed, same images
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(e2e, tmp_path):
+    workdir = str(tmp_path / "killed")
+    proc = _main(workdir, "--config.train.final_sample=False")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + 300
+    while not os.path.isdir(os.path.join(ckpt_dir, "10")):
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # while the step-10 sample grid is compiling: before step 20
+    proc.wait()
+    assert not os.path.isdir(os.path.join(ckpt_dir, "20"))
+    code, out = _finish(_main(workdir, "--config.train.final_sample=False"))
+    assert code == 0, out
+    step, resumed = _restore(workdir)
+    ref_step, reference = _restore(e2e[0])
+    assert step == ref_step == 20
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    rows = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert rows[-2:] == [15, 20]
+
+
+def test_damaged_latest_checkpoint_falls_back_and_is_kept(e2e, tmp_path):
+    workdir = str(tmp_path / "damaged")
+    shutil.copytree(e2e[0], workdir)
+    step20 = os.path.join(workdir, "checkpoints", "20")
+    os.remove(os.path.join(step20, "default", "manifest.ocdbt"))
+    step, _ = _restore(workdir)
+    assert step == 10
+    assert os.path.isdir(step20)
+
+
+def test_mismatched_checkpoint_is_refused_and_nothing_written(e2e, tmp_path):
+    workdir = str(tmp_path / "mismatch")
+    shutil.copytree(e2e[0], workdir)
+    before = sorted(os.walk(workdir))
+    config = load_config(TINY)
+    config.model.channels = (16, 64)
+    with pytest.raises(CheckpointMismatchError, match="checkpoint .* vs config"):
+        digits.train(config, workdir)
+    assert sorted(os.walk(workdir)) == before
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
+    dp = DataParallel("shard_map", jax.local_devices()[:1])
+
+    def init_state():
+        return {"step": jax.numpy.zeros((), jax.numpy.int32), "w": jax.numpy.ones(3)}
+
+    def fake_step(state, batch):  # the loss becomes NaN at step 7
+        step = state["step"] + 1
+        loss = jax.numpy.where(step == 7, jax.numpy.nan, 1.0 / step)
+        return {"step": step, "w": state["w"] * 0.9}, {"loss": loss}
+
+    lifted = dp.lift(fake_step, ("replicated", "sharded"), ("replicated", "replicated"))
+    with pytest.raises(FloatingPointError, match=r"step 7 .* \(step 5\) is kept"):
+        loop.train_loop(workdir=str(tmp_path), dp=dp, init_state=init_state, train_step=lifted,
+                        get_batch=lambda s: {"x": np.zeros((1, 1))}, num_steps=20, log_every=2,
+                        checkpoint_every=5, progress=False)
+    with Checkpointer(os.path.join(tmp_path, "checkpoints")) as ckpt:
+        assert ckpt.all_steps() == [5]
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.train.not_a_key=1", "not_a_key"),
+    ("--config.sample.labels=3,12", "label 12"),
+    ("--config.diffusion.schedule=quadratic", "diffusion.schedule"),
+])
+def test_bad_config_fails_with_named_key(tmp_path, flag, message):
+    code, out = _finish(_main(str(tmp_path / "bad"), flag, mode="sample"))
+    assert code != 0 and message in out, out
+    assert not os.path.exists(tmp_path / "bad" / "checkpoints")
+
+
+def test_config_validation_in_process():
+    config = load_config(TINY)
+    config.sample.steps = 500  # more than the 100 training timesteps of the tiny preset
+    with pytest.raises(ConfigError, match="sample.steps"):
+        digits.Digits(config)
+    with pytest.raises(ConfigError, match="preset|does not exist"):
+        load_config(os.path.join(ROOT, "experiments/nope.py"))
