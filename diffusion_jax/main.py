@@ -9,7 +9,11 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from diffusion_jax.checkpoint import CheckpointDamagedError, CheckpointMismatchError
 from diffusion_jax.config import ConfigError
+
+# Errors that explain themselves: printed as one line (exit code 2) instead of a traceback.
+_USER_ERRORS = (ConfigError, FileNotFoundError, FloatingPointError, CheckpointMismatchError, CheckpointDamagedError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally file.py:preset.",
                                           lock_config=True)
@@ -37,7 +41,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     try:
         run(_CONFIG.value, _WORKDIR.value, _MODE.value)
-    except (ConfigError, FileNotFoundError) as e:
+    except _USER_ERRORS as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -22,10 +22,12 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.data.tfds_data_dir = ""  # TFDS data_dir for source=tfds ("" = TFDS default)
 
     c.model = ml_collections.ConfigDict()
-    c.model.channels = (32, 64, 128)
+    c.model.channels = (64, 128)
     c.model.num_res_blocks = 1
-    c.model.attention_resolutions = (8, 4)  # in U-Net feature-map pixels (after patchify)
-    c.model.patch_size = 2  # space-to-depth first: the U-Net runs at 16x16, ~4x fewer FLOPs
+    c.model.attention_resolutions = (4,)  # in U-Net feature-map pixels (after patchify); the middle always attends
+    # Space-to-depth first: 4x4 patches, so the U-Net runs on an 8x8 grid of 16-channel pixels. On a 2-core CPU this
+    # is ~2.5x faster per FLOP than patch 2 with narrower channels (measured: see README) and trains in minutes.
+    c.model.patch_size = 4
     c.model.dropout = 0.0
     c.model.num_heads = 4
     c.model.norm_groups = 8
@@ -34,11 +36,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.schedule = "cosine"  # linear | cosine
     c.diffusion.num_steps = 1000  # training timesteps T
-    c.diffusion.prediction = "eps"  # eps | v
+    # v (Salimans & Ho 2022) learns the high-noise regime far faster than eps in a short CPU run (measured: eps
+    # samples were unrecognisable after 32k images, v at 21k already had digit shapes); eps stays one flag away.
+    c.diffusion.prediction = "v"  # eps | v
     c.diffusion.cond_dropout = 0.1  # probability a label is replaced by the null class (classifier-free guidance)
 
     c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 3000
+    c.train.num_steps = 1500
     c.train.batch_size = 64  # global batch, split over all local devices
     c.train.learning_rate = 2e-3
     c.train.warmup_steps = 100
@@ -49,7 +53,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.train.log_every = 50
     c.train.checkpoint_every = 500
     c.train.max_to_keep = 3
-    c.train.sample_every = 1000  # sample grid during training (0 = never)
+    c.train.sample_every = 500  # a grid of 4 samples per digit during training (0 = never)
     c.train.progress = True
     c.train.final_sample = True  # after training: sample (sample.*) and evaluate (eval.*)
 
@@ -71,7 +75,6 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
     if preset == "tiny":
         c.model.channels = (16, 32)
-        c.model.attention_resolutions = (8,)
         c.model.norm_groups = 4
         c.diffusion.num_steps = 100
         c.train.num_steps = 20

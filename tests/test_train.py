@@ -163,3 +163,27 @@ def test_config_validation_in_process():
         digits.Digits(config)
     with pytest.raises(ConfigError, match="preset|does not exist"):
         load_config(os.path.join(ROOT, "experiments/nope.py"))
+
+
+def test_tfds_source_through_the_config_on_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from tests.test_data import _write_prepared_metadata
+
+    _write_prepared_metadata(tmp_path)
+    config = load_config(TINY)
+    config.data.source = "tfds"
+    config.data.tfds_data_dir = str(tmp_path)
+    with tfds.testing.mock_data(num_examples=12, data_dir=str(tmp_path)):
+        data = digits.Digits(config).train_data()
+    assert data["image"].shape == (12, 32, 32, 1) and data["image"].dtype == np.float32
+    assert data["image"].min() >= -1 and data["image"].max() <= 1 and data["label"].shape == (12,)
+
+
+def test_unprepared_tfds_fails_fast_in_main_without_downloading(tmp_path):
+    start = time.time()
+    code, out = _finish(_main(str(tmp_path / "run"), "--config.data.source=tfds",
+                              f"--config.data.tfds_data_dir={tmp_path / 'tfds'}"))
+    assert code != 0 and "tfds build mnist" in out, out
+    assert time.time() - start < 120
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")

@@ -51,10 +51,12 @@ class Digits:
         params = self.model.init(jax.random.key(self.config.seed), x, np.zeros(2, np.int32), np.zeros(2, np.int32))
         return TrainState.create(params, self.tx)
 
-    def sampler(self) -> diffusion.Sampler:
+    def sampler(self, batch_size: Optional[int] = None) -> diffusion.Sampler:
+        """The configured sampler, drawing `batch_size` (default `sample.batch_size`) images per compiled call."""
         s = self.config.sample
         return diffusion.Sampler(self.dp, self.model, self.schedule, IMAGE_SHAPE, sampler=s.sampler, steps=s.steps,
-                                 eta=s.eta, prediction=self.config.diffusion.prediction, batch_size=s.batch_size)
+                                 eta=s.eta, prediction=self.config.diffusion.prediction,
+                                 batch_size=batch_size or s.batch_size)
 
     def train_data(self) -> dict:
         c = self.config.data
@@ -89,11 +91,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
                                   prediction=config.diffusion.prediction, cond_dropout=config.diffusion.cond_dropout,
                                   ema_decay=t.ema_decay),
         ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
-    sampler = task.sampler()
-    grid_labels = np.repeat(np.arange(mnist.NUM_CLASSES), 8)
+    grid_labels = np.repeat(np.arange(mnist.NUM_CLASSES), 4)
+    grid_sampler = task.sampler(batch_size=len(grid_labels)) if t.sample_every else None
 
     def sample_grid(step: int, device_state) -> None:
-        images = sampler(device_state.ema_params, grid_labels, seed=config.sample.seed, guidance=config.sample.guidance)
+        images = grid_sampler(device_state.ema_params, grid_labels, seed=config.sample.seed, guidance=config.sample.guidance)
         rows = [np.flatnonzero(grid_labels == d) for d in range(mnist.NUM_CLASSES)]
         if jax.process_index() == 0:
             save_grid(os.path.join(workdir, "samples", f"step_{step:06d}.png"), mnist.to_uint8_images(images), rows)
