@@ -55,6 +55,8 @@ def test_main_end_to_end_outputs(e2e):
     assert os.path.exists(os.path.join(workdir, "samples", "step_000010.png"))  # periodic grid during training
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows] == [5, 10, 15, 20] and all(np.isfinite(r["loss"]) for r in rows)
+    # Phase 1's promise: the noise-prediction loss falls as the model trains (even in 20 tiny steps).
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], [r["loss"] for r in rows]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tensorboard")))
     result = json.load(open(os.path.join(workdir, "eval.json")))
     assert 0.0 <= result["accuracy"] <= 1.0 and set(result["per_class_accuracy"]) == {str(d) for d in range(10)}
