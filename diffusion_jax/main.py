@@ -22,7 +22,7 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
                           "train (then sample and eval if train.final_sample), sample, or eval.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-TASKS = ("digits",)
+TASKS = ("digits", "clip")
 
 
 def run(config, workdir: str, mode: str):
@@ -30,6 +30,11 @@ def run(config, workdir: str, mode: str):
     task = config.get("task")
     if task not in TASKS:
         raise ConfigError(f"config.task={task!r} is not one of {TASKS}")
+    if task == "clip":  # work in progress (issue 3): train and eval only
+        from diffusion_jax.trainers import clip
+        if mode not in ("train", "eval"):
+            raise ConfigError(f"--mode={mode} is not available for config.task='clip' yet (train, eval)")
+        return {"train": clip.train, "eval": clip.evaluate}[mode](config, workdir)
     from diffusion_jax.trainers import digits
     return {"train": digits.train, "sample": digits.sample, "eval": digits.evaluate}[mode](config, workdir)
 

@@ -1,0 +1,214 @@
+"""A small dual-tower CLIP (Radford et al. 2021) for 32x32 images and word-level captions.
+
+An image tower (ConvNet) and a text tower (pre-LN transformer) are projected linearly into one shared space of
+width `embed_dim` and L2-normalised; a learnable temperature turns their cosine similarities into logits for the
+symmetric contrastive loss (Radford et al. 2021, fig. 3). The text tower's per-token outputs also serve as the
+cross-attention context of a text-to-image U-Net (`AttentionBlock(context=tokens, context_mask=mask)`).
+
+As everywhere in `diffusion_jax.models`, `dtype` is the compute dtype (float32 or bfloat16); parameters stay
+float32 and every returned array is float32.
+"""
+import math
+from typing import Any, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffusion_jax.models.layers import group_norm
+
+Dtype = Any
+
+
+def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
+    """Scales each row of x [..., D] (in float32) to unit L2 norm, so dot products are cosine similarities.
+
+    `eps` keeps an all-zero row (e.g. an empty caption's pooled vector) finite instead of NaN.
+    """
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+
+
+def _check_text(ids: jnp.ndarray, mask: jnp.ndarray, max_length: int) -> None:
+    """Raises a ValueError naming `ids` or `mask` when their shapes cannot be a batch of captions."""
+    if ids.ndim != 2:
+        raise ValueError(f"ids must be int token ids of shape [batch, length], got shape {ids.shape}")
+    if mask.shape != ids.shape:
+        raise ValueError(f"mask shape {mask.shape} must equal ids shape {ids.shape}")
+    if ids.shape[1] > max_length:
+        raise ValueError(f"ids length {ids.shape[1]} exceeds the text tower's max_length={max_length}")
+
+
+class ImageTower(nn.Module):
+    """A cheap ConvNet: 3x3 stem, then one stride-2 stage per further entry of `channels`, global average pool.
+
+    Each stage is conv (stride 2) -> GroupNorm -> SiLU -> conv -> GroupNorm -> SiLU. For 32x32 inputs and
+    channels (32, 64, 128) the last stage runs at 8x8. The pooled features go through a final Dense to width
+    `features`.
+
+    Attributes:
+      channels: widths of the stem and of each stage (the stem uses channels[0] at full resolution).
+      features: width of the output features.
+      norm_groups: GroupNorm groups (reduced to a divisor of the channel count where needed).
+      dtype: compute dtype; the output is float32.
+    """
+
+    channels: Sequence[int] = (32, 64, 128)
+    features: int = 128
+    norm_groups: int = 8
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
+        """Maps images float [B, H, W, C] (values in [-1, 1]) to features float32 [B, features]."""
+        if images.ndim != 4:
+            raise ValueError(f"images must have shape [batch, height, width, channels], got shape {images.shape}")
+        if not self.channels:
+            raise ValueError("ImageTower.channels must name at least one width (the stem's)")
+
+        def conv_norm_act(h, ch, stride):
+            h = nn.Conv(ch, (3, 3), strides=(stride, stride), dtype=self.dtype)(h)
+            return nn.silu(group_norm(ch, self.norm_groups, self.dtype)(h))
+
+        h = conv_norm_act(images.astype(self.dtype), self.channels[0], 1)
+        for ch in self.channels[1:]:
+            h = conv_norm_act(h, ch, 2)
+            h = conv_norm_act(h, ch, 1)
+        h = jnp.mean(h, axis=(1, 2))
+        return nn.Dense(self.features, dtype=self.dtype)(h).astype(jnp.float32)
+
+
+class TextBlock(nn.Module):
+    """Pre-LN transformer block (as in GPT-2 / CLIP's text encoder): x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    The attention is bidirectional; `mask` [B, L] (True = real token) hides padded *keys*, so no real token ever
+    reads a padding token. Padded queries still attend to the real tokens (their outputs are well defined and
+    discarded by the tower).
+    """
+
+    width: int
+    num_heads: int
+    mlp_ratio: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+        """x [B, L, width], mask bool [B, L] -> [B, L, width]."""
+        h = nn.LayerNorm(dtype=self.dtype)(x)
+        h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype)(
+            h, h, mask=mask[:, None, None, :]
+        )
+        x = x + h
+        h = nn.LayerNorm(dtype=self.dtype)(x)
+        h = nn.Dense(self.mlp_ratio * self.width, dtype=self.dtype)(h)
+        h = nn.Dense(self.width, dtype=self.dtype)(nn.gelu(h))
+        return x + h
+
+
+class TextTower(nn.Module):
+    """Token + learned positional embedding, `num_layers` pre-LN blocks, final LayerNorm.
+
+    Pooling: the masked mean of the final token embeddings over the real tokens (bos, words, eos). We choose the
+    mean rather than CLIP's eos token because the attention here is bidirectional (no causal mask), so every token
+    already sees the whole caption, and the mean gives every word a direct gradient path on small data.
+
+    Padding invariance: padded positions (mask False) never influence the real tokens nor `pooled`, whatever their
+    ids and however many there are; their rows of `tokens` are set to zero.
+
+    Attributes:
+      vocab_size: number of token ids (pad id 0 included).
+      max_length: longest caption (size of the positional embedding table).
+      width: embedding width.
+      num_layers, num_heads: transformer depth and heads (width must be divisible by num_heads).
+      dtype: compute dtype; the outputs are float32.
+    """
+
+    vocab_size: int
+    max_length: int = 16
+    width: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, ids: jnp.ndarray, mask: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+        """ids int [B, L], mask bool [B, L] -> (pooled float32 [B, width], tokens float32 [B, L, width])."""
+        _check_text(ids, mask, self.max_length)
+        if self.width % self.num_heads:
+            raise ValueError(f"TextTower width={self.width} is not divisible by num_heads={self.num_heads}")
+        mask = mask.astype(bool)
+        length = ids.shape[1]
+        pos = self.param("pos_embedding", nn.initializers.normal(0.01), (self.max_length, self.width))
+        x = nn.Embed(self.vocab_size, self.width, dtype=self.dtype)(ids) + pos[None, :length].astype(self.dtype)
+        for _ in range(self.num_layers):
+            x = TextBlock(self.width, self.num_heads, dtype=self.dtype)(x, mask)
+        x = nn.LayerNorm(dtype=self.dtype)(x).astype(jnp.float32)
+        weights = mask.astype(jnp.float32)[..., None]
+        tokens = x * weights
+        pooled = jnp.sum(tokens, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+        return pooled, tokens
+
+
+class CLIP(nn.Module):
+    """Dual-tower CLIP with a shared embedding space and a clamped learnable temperature (Radford et al. 2021).
+
+    Submodules are made in `setup` (the towers themselves use `nn.compact`), so each encoder can be applied alone:
+    `model.apply(params, images, method=CLIP.encode_image)` or
+    `model.apply(params, ids, mask, method=CLIP.encode_text)`.
+
+    The temperature is the parameter `logit_scale`, stored as a log (init log(1/0.07) as in CLIP); the effective
+    scale is `min(exp(logit_scale), logit_scale_max)` (CLIP clamps at 100 so the logits cannot explode on small
+    data). Contrastive logits are `logit_scale * image_emb @ text_emb.T`.
+
+    Attributes:
+      vocab_size, max_length: text vocabulary size and longest caption.
+      embed_dim: width of the shared image-text space.
+      image_channels: ImageTower stage widths (its features have width embed_dim before the projection).
+      text_width, text_layers, text_heads: TextTower size.
+      norm_groups: GroupNorm groups of the image tower.
+      logit_scale_init, logit_scale_max: initial log-temperature and the clamp on exp(logit_scale).
+      dtype: compute dtype (float32 or bfloat16); all outputs are float32.
+    """
+
+    vocab_size: int
+    max_length: int = 16
+    embed_dim: int = 128
+    image_channels: Sequence[int] = (32, 64, 128)
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    norm_groups: int = 8
+    logit_scale_init: float = math.log(1 / 0.07)
+    logit_scale_max: float = 100.0
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.image_tower = ImageTower(self.image_channels, self.embed_dim, self.norm_groups, self.dtype)
+        self.text_tower = TextTower(
+            self.vocab_size, self.max_length, self.text_width, self.text_layers, self.text_heads, self.dtype
+        )
+        self.image_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)
+        self.text_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), ())
+
+    def encode_image(self, images: jnp.ndarray) -> jnp.ndarray:
+        """Images float [B, 32, 32, 3] in [-1, 1] -> unit-norm embeddings float32 [B, embed_dim]."""
+        return l2_normalize(self.image_proj(self.image_tower(images).astype(self.dtype)))
+
+    def encode_text(self, ids: jnp.ndarray, mask: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+        """ids int32 [B, L], mask bool [B, L] (True = real token) -> (pooled, tokens).
+
+        pooled: unit-norm float32 [B, embed_dim] in the shared space; tokens: the text tower's per-token outputs
+        float32 [B, L, text_width] (zero at padded positions), the context for a cross-attending U-Net.
+        """
+        pooled, tokens = self.text_tower(ids, mask)
+        return l2_normalize(self.text_proj(pooled.astype(self.dtype))), tokens
+
+    def temperature(self) -> jnp.ndarray:
+        """The effective logit scale float32 scalar: exp(logit_scale) clamped at logit_scale_max."""
+        return jnp.minimum(jnp.exp(self.logit_scale), self.logit_scale_max).astype(jnp.float32)
+
+    def __call__(self, images: jnp.ndarray, ids: jnp.ndarray, mask: jnp.ndarray):
+        """Returns (image_emb [B, D], text_emb [B, D], logit_scale scalar), all float32; embeddings unit-norm."""
+        text_emb, _ = self.encode_text(ids, mask)
+        return self.encode_image(images), text_emb, self.temperature()

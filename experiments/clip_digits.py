@@ -1,0 +1,56 @@
+"""CLIP on captioned digits (work in progress: issue 3): a dual-tower encoder trained with a contrastive loss.
+
+  python -m diffusion_jax.main --config=experiments/clip_digits.py --workdir=runs/clip
+Presets: `:tiny` for tests.
+"""
+import ml_collections
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "clip"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "bundled"
+
+    c.model = ml_collections.ConfigDict()
+    c.model.max_length = 16
+    c.model.embed_dim = 128
+    c.model.image_channels = (32, 64, 128)
+    c.model.text_width = 128
+    c.model.text_layers = 2
+    c.model.text_heads = 4
+    c.model.norm_groups = 8
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 2000
+    c.train.batch_size = 128
+    c.train.learning_rate = 1e-3
+    c.train.warmup_steps = 100
+    c.train.weight_decay = 1e-4
+    c.train.grad_clip = 1.0
+    c.train.ema_decay = 0.99
+    c.train.parallel = "shard_map"
+    c.train.log_every = 50
+    c.train.checkpoint_every = 500
+    c.train.max_to_keep = 3
+    c.train.progress = True
+    c.train.final_eval = True
+
+    if preset == "tiny":
+        c.model.embed_dim = 32
+        c.model.image_channels = (16, 32)
+        c.model.text_width = 32
+        c.model.text_layers = 1
+        c.model.norm_groups = 4
+        c.train.num_steps = 150
+        c.train.batch_size = 64
+        c.train.learning_rate = 3e-3
+        c.train.warmup_steps = 10
+        c.train.log_every = 25
+        c.train.checkpoint_every = 150
+        c.train.progress = False
+    elif preset:
+        raise ValueError(f"unknown preset {preset!r} for experiments/clip_digits.py; available: 'tiny'")
+    return c

@@ -1,0 +1,122 @@
+"""CLIP model: shapes, unit-norm embeddings, clamped temperature, padding invariance, captions that differ."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_jax.models.clip import CLIP, TextTower
+
+VOCAB, MAX_LEN, WIDTH, DIM = 20, 8, 16, 12
+MODEL = CLIP(vocab_size=VOCAB, max_length=MAX_LEN, embed_dim=DIM, image_channels=(8, 16), text_width=WIDTH,
+             text_layers=1, text_heads=2, norm_groups=4)
+
+# <bos>=2 words <eos>=3 <pad>=0 ..., as diffusion_jax.text.tokenizer encodes them.
+IDS = np.array([[2, 5, 6, 7, 3, 0, 0, 0],
+                [2, 9, 3, 0, 0, 0, 0, 0]], np.int32)
+MASK = IDS != 0
+
+
+def _images(n=2):
+    return jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (n, 32, 32, 3)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return jax.jit(MODEL.init)(jax.random.key(0), _images(), IDS, MASK)
+
+
+@pytest.fixture(scope="module")
+def encode_text(params):
+    return jax.jit(lambda ids, mask: MODEL.apply(params, ids, mask, method=CLIP.encode_text))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_shapes_and_dtypes(dtype):
+    model = MODEL.clone(dtype=dtype)
+    images = jax.ShapeDtypeStruct((3, 32, 32, 3), jnp.float32)
+    ids = jax.ShapeDtypeStruct((3, 5), jnp.int32)
+    mask = jax.ShapeDtypeStruct((3, 5), jnp.bool_)
+    params = jax.eval_shape(model.init, jax.random.key(0), images, ids, mask)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    assert params["params"]["logit_scale"].shape == ()
+    img, txt, scale = jax.eval_shape(model.apply, params, images, ids, mask)
+    assert (img.shape, txt.shape, scale.shape) == ((3, DIM), (3, DIM), ())
+    assert img.dtype == txt.dtype == scale.dtype == jnp.float32
+    assert jax.eval_shape(lambda p, x: model.apply(p, x, method=CLIP.encode_image), params, images).shape == (3, DIM)
+    pooled, tokens = jax.eval_shape(lambda p, i, m: model.apply(p, i, m, method=CLIP.encode_text), params, ids, mask)
+    assert pooled.shape == (3, DIM) and tokens.shape == (3, 5, WIDTH) and tokens.dtype == jnp.float32
+
+
+def test_text_tower_returns_pooled_and_tokens():
+    tower = TextTower(vocab_size=VOCAB, max_length=MAX_LEN, width=WIDTH, num_layers=1, num_heads=2)
+    params = jax.eval_shape(tower.init, jax.random.key(0), IDS, MASK)
+    pooled, tokens = jax.eval_shape(tower.apply, params, IDS, MASK)
+    assert pooled.shape == (2, WIDTH) and tokens.shape == (2, MAX_LEN, WIDTH)
+
+
+def test_embeddings_have_unit_norm_and_scale_starts_at_clip_value(params):
+    img, txt, scale = jax.jit(MODEL.apply)(params, _images(), IDS, MASK)
+    np.testing.assert_allclose(np.linalg.norm(img, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(txt, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(float(params["params"]["logit_scale"]), math.log(1 / 0.07), rtol=1e-6)
+    np.testing.assert_allclose(float(scale), 1 / 0.07, rtol=1e-5)
+
+
+def test_logit_scale_is_clamped_at_100(params):
+    temperature = lambda p: MODEL.apply(p, method=CLIP.temperature)  # noqa: E731
+    big = jax.tree.map(lambda x: x, params)
+    big["params"]["logit_scale"] = jnp.asarray(math.log(1000.0), jnp.float32)
+    assert float(temperature(big)) == pytest.approx(100.0)
+    small = jax.tree.map(lambda x: x, params)
+    small["params"]["logit_scale"] = jnp.asarray(math.log(50.0), jnp.float32)
+    assert float(temperature(small)) == pytest.approx(50.0, rel=1e-5)
+
+
+def test_padding_does_not_change_real_tokens_or_pooled(params, encode_text):
+    pooled, tokens = encode_text(IDS, MASK)
+    # Other ids at the padded positions.
+    noisy = np.where(MASK, IDS, np.random.default_rng(3).integers(1, VOCAB, IDS.shape)).astype(np.int32)
+    pooled2, tokens2 = encode_text(noisy, MASK)
+    np.testing.assert_allclose(pooled2, pooled, atol=1e-5)
+    np.testing.assert_allclose(tokens2, tokens, atol=1e-5)
+    # Shorter padding: cut the batch to length 5 (the longest caption), so the tensors are shorter.
+    pooled3, tokens3 = encode_text(IDS[:, :5], MASK[:, :5])
+    np.testing.assert_allclose(pooled3, pooled, atol=1e-5)
+    np.testing.assert_allclose(tokens3, tokens[:, :5], atol=1e-5)
+    # Padded rows of tokens are zero; real rows are not.
+    assert np.all(np.asarray(tokens)[~MASK] == 0)
+    assert np.all(np.abs(np.asarray(tokens)[MASK]).sum(-1) > 0)
+
+
+def test_different_captions_and_images_give_different_embeddings(params, encode_text):
+    pooled, tokens = encode_text(IDS, MASK)
+    other = IDS.copy()
+    other[0, 2] = 11  # one word changed in caption 0; caption 1 unchanged
+    pooled2, tokens2 = encode_text(other, MASK)
+    assert float(jnp.linalg.norm(pooled2[0] - pooled[0])) > 1e-3
+    np.testing.assert_allclose(pooled2[1], pooled[1], atol=1e-6)
+    assert float(jnp.linalg.norm(pooled[0] - pooled[1])) > 1e-3
+    # The word's change reaches the other real tokens too (bidirectional attention).
+    assert float(jnp.abs(tokens2[0, 1] - tokens[0, 1]).max()) > 1e-4
+    img = MODEL.apply(params, _images(), method=CLIP.encode_image)
+    assert float(jnp.linalg.norm(img[0] - img[1])) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "ids,mask,match",
+    [
+        (np.zeros((2, 8), np.int32), np.ones((2, 7), bool), "mask shape"),
+        (np.zeros((2, 9), np.int32), np.ones((2, 9), bool), "max_length"),
+        (np.zeros((8,), np.int32), np.ones((8,), bool), "ids must"),
+    ],
+)
+def test_bad_text_shapes_raise_clear_errors(params, ids, mask, match):
+    with pytest.raises(ValueError, match=match):
+        jax.eval_shape(lambda p: MODEL.apply(p, ids, mask, method=CLIP.encode_text), params)
+
+
+def test_bad_image_rank_raises(params):
+    with pytest.raises(ValueError, match="images must"):
+        jax.eval_shape(lambda p: MODEL.apply(p, jnp.zeros((32, 32, 3)), method=CLIP.encode_image), params)
