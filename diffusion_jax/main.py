@@ -13,13 +13,14 @@ from diffusion_jax.checkpoint import CheckpointDamagedError, CheckpointMismatchE
 from diffusion_jax.config import ConfigError
 
 # Errors that explain themselves: printed as one line (exit code 2) instead of a traceback.
-_USER_ERRORS = (ConfigError, FileNotFoundError, FloatingPointError, CheckpointMismatchError, CheckpointDamagedError)
+_USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError, CheckpointMismatchError,
+                CheckpointDamagedError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally file.py:preset.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, samples; reruns resume.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
-                          "train (then sample and eval if train.final_sample), sample, or eval.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "embed"],
+                          "train (then sample and eval if train.final_sample), sample, eval, or embed (CLIP).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 TASKS = ("digits", "clip")
@@ -30,11 +31,13 @@ def run(config, workdir: str, mode: str):
     task = config.get("task")
     if task not in TASKS:
         raise ConfigError(f"config.task={task!r} is not one of {TASKS}")
-    if task == "clip":  # work in progress (issue 3): train and eval only
+    if task == "clip":
         from diffusion_jax.trainers import clip
-        if mode not in ("train", "eval"):
-            raise ConfigError(f"--mode={mode} is not available for config.task='clip' yet (train, eval)")
-        return {"train": clip.train, "eval": clip.evaluate}[mode](config, workdir)
+        if mode == "sample":
+            raise ConfigError("--mode=sample needs an image generator; config.task='clip' supports train, eval, embed")
+        return {"train": clip.train, "eval": clip.evaluate, "embed": clip.embed}[mode](config, workdir)
+    if mode == "embed":
+        raise ConfigError(f"--mode=embed needs a CLIP config (config.task='clip'), got config.task={task!r}")
     from diffusion_jax.trainers import digits
     return {"train": digits.train, "sample": digits.sample, "eval": digits.evaluate}[mode](config, workdir)
 

@@ -31,12 +31,18 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.train.weight_decay = 1e-4
     c.train.grad_clip = 1.0
     c.train.ema_decay = 0.99
+    c.train.loss = "infonce"  # infonce (CLIP) | sigmoid (SigLIP, for ablations)
     c.train.parallel = "shard_map"
     c.train.log_every = 50
     c.train.checkpoint_every = 500
     c.train.max_to_keep = 3
     c.train.progress = True
     c.train.final_eval = True
+
+    c.embed = ml_collections.ConfigDict()
+    c.embed.texts_file = ""  # one text a line
+    c.embed.images = ""  # .npz with `images` uint8 N x 32 x 32 x 3
+    c.embed.output = "embeddings.npz"
 
     if preset == "tiny":
         c.model.embed_dim = 32

@@ -180,6 +180,7 @@ class CLIP(nn.Module):
     norm_groups: int = 8
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = 100.0
+    logit_bias_init: float = -10.0  # SigLIP's bias b (Zhai et al. 2023); unused by the InfoNCE loss
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -190,6 +191,7 @@ class CLIP(nn.Module):
         self.image_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)
         self.text_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), ())
+        self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.logit_bias_init), ())
 
     def encode_image(self, images: jnp.ndarray) -> jnp.ndarray:
         """Images float [B, 32, 32, 3] in [-1, 1] -> unit-norm embeddings float32 [B, embed_dim]."""
@@ -207,6 +209,10 @@ class CLIP(nn.Module):
     def temperature(self) -> jnp.ndarray:
         """The effective logit scale float32 scalar: exp(logit_scale) clamped at logit_scale_max."""
         return jnp.minimum(jnp.exp(self.logit_scale), self.logit_scale_max).astype(jnp.float32)
+
+    def bias(self) -> jnp.ndarray:
+        """The learnable logit bias of the sigmoid (SigLIP) loss, float32 scalar."""
+        return jnp.asarray(self.logit_bias, jnp.float32)
 
     def __call__(self, images: jnp.ndarray, ids: jnp.ndarray, mask: jnp.ndarray):
         """Returns (image_emb [B, D], text_emb [B, D], logit_scale scalar), all float32; embeddings unit-norm."""

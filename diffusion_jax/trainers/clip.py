@@ -1,4 +1,4 @@
-"""CLIP on captioned digits (phase 3): contrastive training, zero-shot evaluation, embeddings. Work in progress.
+"""CLIP on captioned digits (phase 3): contrastive training, zero-shot evaluation, retrieval, embeddings.
 
 Reuses the shared loop, checkpoints and data-parallel lift of the digits task. The tokenizer is built from the
 training captions and saved beside the checkpoints (`workdir/tokenizer.json`); a resumed run reloads it.
@@ -21,7 +21,8 @@ from diffusion_jax.models.clip import CLIP
 from diffusion_jax.parallel import AXIS, DataParallel
 from diffusion_jax.text.tokenizer import Tokenizer
 from diffusion_jax.trainers import loop
-from diffusion_jax.trainers.contrastive import infonce_loss
+from diffusion_jax.config import ConfigError
+from diffusion_jax.trainers.contrastive import infonce_loss, sigmoid_loss
 from diffusion_jax.trainers.state import TrainState, apply_gradients, make_optimizer
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -70,12 +71,22 @@ class ClipTask:
                 "color": raw["color"], "layout": raw["layout"], "heldout_combo": raw["heldout_combo"]}
 
 
-def make_train_step(model: CLIP, tx: optax.GradientTransformation, ema_decay: float):
-    """Per-device step: symmetric InfoNCE over the global batch (embeddings all-gathered along the device axis)."""
+LOSSES = ("infonce", "sigmoid")
+
+
+def make_train_step(model: CLIP, tx: optax.GradientTransformation, ema_decay: float, loss_name: str = "infonce"):
+    """Per-device step: a contrastive loss over the GLOBAL batch (embeddings all-gathered along the device axis).
+
+    `loss_name`: 'infonce' (CLIP's symmetric cross-entropy) or 'sigmoid' (SigLIP's pairwise loss, for ablations).
+    """
+    if loss_name not in LOSSES:
+        raise ConfigError(f"config.train.loss={loss_name!r} is not one of {LOSSES}")
 
     def train_step(state: TrainState, batch: dict):
         def loss_fn(params):
             img, txt, scale = model.apply(params, batch["image"], batch["ids"], batch["mask"])
+            if loss_name == "sigmoid":
+                return sigmoid_loss(img, txt, scale, model.apply(params, method=CLIP.bias), axis_name=AXIS)
             return infonce_loss(img, txt, scale, axis_name=AXIS)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -90,7 +101,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     task = ClipTask(config, workdir)
     data = {k: v for k, v in task.data("train").items() if k in ("image", "ids", "mask")}
     t = config.train
-    step = task.dp.lift(make_train_step(task.model, task.tx, t.ema_decay), ("replicated", "sharded"),
+    step = task.dp.lift(make_train_step(task.model, task.tx, t.ema_decay, t.loss), ("replicated", "sharded"),
                         ("replicated", "replicated"), donate_argnums=(0,))
     state = loop.train_loop(workdir=workdir, dp=task.dp, init_state=task.init_state, train_step=step,
                             get_batch=lambda s: pipeline.get_batch(data, t.batch_size, config.seed, s),
@@ -112,18 +123,73 @@ def _embed(task: ClipTask, params, images: Optional[np.ndarray] = None, ids=None
     return np.concatenate(out)
 
 
+def load_state(task: ClipTask, workdir: str) -> TrainState:
+    """The latest good CLIP train state in `workdir` (FileNotFoundError naming the folder if there is none)."""
+    from diffusion_jax.checkpoint import Checkpointer
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+        restored = ckpt.restore(jax.eval_shape(task.init_state))
+    if restored is None:
+        raise FileNotFoundError(f"no CLIP checkpoint in {workdir}/checkpoints: train first (--mode=train)")
+    return restored[1]
+
+
+def embed_texts(task: ClipTask, params, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Texts -> (pooled L2-normalised [T, D], token embeddings [T, L, width], mask [T, L]).
+
+    Tokenizer errors name the text: empty or non-string input, or a text made only of unknown words; unknown words
+    inside a good text are reported as a warning; over-long text is truncated with a warning.
+    """
+    ids, mask = task.tokenizer.encode(list(texts))
+    fn = jax.jit(lambda p, i, m: task.model.apply(p, i, m, method=CLIP.encode_text))
+    pooled, tokens = fn(params, ids, mask)
+    return np.asarray(pooled), np.asarray(tokens), mask
+
+
+def embed_images(task: ClipTask, params, images_uint8: np.ndarray) -> np.ndarray:
+    """uint8 images [N, 32, 32, 3] -> L2-normalised embeddings [N, D]."""
+    images_uint8 = np.asarray(images_uint8)
+    if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"images must be uint8 [N, 32, 32, 3], got {images_uint8.dtype} {images_uint8.shape}")
+    return _embed(task, params, images=to_model_images(images_uint8))
+
+
+def embed(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """--mode=embed: embeddings of `embed.texts_file` (one text a line) and/or `embed.images` (npz with `images`)
+    written to `embed.output` as `text_embeddings` [T, D] and `image_embeddings` [N, D], in the order given."""
+    e = config.embed
+    if not e.texts_file and not e.images:
+        raise ConfigError("--mode=embed needs config.embed.texts_file and/or config.embed.images")
+    if not str(e.output).endswith(".npz"):
+        raise ConfigError(f"config.embed.output={e.output!r} must be a .npz path")
+    task = ClipTask(config, workdir)
+    params = load_state(task, workdir).ema_params
+    out = {}
+    if e.texts_file:
+        if not os.path.exists(e.texts_file):
+            raise FileNotFoundError(f"config.embed.texts_file={e.texts_file!r} does not exist")
+        with open(e.texts_file) as f:
+            texts = [line.rstrip("\n") for line in f if line.strip()]
+        out["text_embeddings"] = embed_texts(task, params, texts)[0]
+    if e.images:
+        if not os.path.exists(e.images):
+            raise FileNotFoundError(f"config.embed.images={e.images!r} does not exist")
+        with np.load(e.images) as f:
+            if "images" not in f:
+                raise ValueError(f"{e.images} has no 'images' array (got {sorted(f.files)})")
+            out["image_embeddings"] = embed_images(task, params, f["images"])
+    if os.path.exists(e.output):
+        raise FileExistsError(f"config.embed.output={e.output!r} exists; choose a new path (nothing overwritten)")
+    os.makedirs(os.path.dirname(os.path.abspath(e.output)), exist_ok=True)
+    np.savez(e.output, **out)
+    print(f"embeddings -> {e.output}: " + ", ".join(f"{k} {v.shape}" for k, v in out.items()))
+    return e.output
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, state: Optional[TrainState] = None,
              task: Optional[ClipTask] = None) -> dict:
     """Zero-shot digit/colour/layout accuracy (300-way canonical prompts) on held-out images, seen vs held-out pairs."""
     task = task or ClipTask(config, workdir)
-    if state is None:
-        from diffusion_jax.checkpoint import Checkpointer
-        with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
-            restored = ckpt.restore(jax.eval_shape(task.init_state))
-        if restored is None:
-            raise FileNotFoundError(f"no CLIP checkpoint in {workdir}/checkpoints: train first")
-        state = restored[1]
-    params = state.ema_params
+    params = (state or load_state(task, workdir)).ema_params
     combos = list(itertools.product(range(10), range(len(cd.COLORS)), range(len(cd.LAYOUTS))))
     prompts = [cd.canonical_caption(d, cd.COLORS[c], cd.LAYOUTS[l]) for d, c, l in combos]
     ids, mask = task.tokenizer.encode(prompts)
@@ -135,6 +201,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, state: Optional
     for name, subset in (("seen", ~ev["heldout_combo"]), ("heldout", ev["heldout_combo"])):
         for i, attr in enumerate(("digit", "color", "layout")):
             result[f"{name}_{attr}_accuracy"] = float(np.mean(pred[subset, i] == ev[attr][subset]))
+    # Retrieval on the held-out set with each image's own caption: is the paired item among the top k?
+    captions = _embed(task, params, ids=ev["ids"], mask=ev["mask"])
+    sim = images @ captions.T
+    for direction, s in (("image_to_text", sim), ("text_to_image", sim.T)):
+        rank = np.sum(s > np.diag(s)[:, None], axis=1)  # how many items beat the true pair
+        for k in (1, 5):
+            result[f"{direction}_recall@{k}"] = float(np.mean(rank < k))
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump(result, f, indent=2)
