@@ -53,6 +53,9 @@ class ClipTask:
         self.model = CLIP(vocab_size=self.tokenizer.vocab_size, max_length=m.max_length, embed_dim=m.embed_dim,
                           image_channels=tuple(m.image_channels), text_width=m.text_width,
                           text_layers=m.text_layers, text_heads=m.text_heads, norm_groups=m.norm_groups)
+        # Encoders jitted once per task: evaluation and embedding reuse them instead of re-tracing per call.
+        self.encode_image = jax.jit(lambda p, x: self.model.apply(p, x, method=CLIP.encode_image))
+        self.encode_text = jax.jit(lambda p, i, m: self.model.apply(p, i, m, method=CLIP.encode_text))
         t = config.train
         self.tx = make_optimizer(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, num_steps=t.num_steps,
                                  weight_decay=t.weight_decay, grad_clip=t.grad_clip)
@@ -113,8 +116,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
 
 def _embed(task: ClipTask, params, images: Optional[np.ndarray] = None, ids=None, mask=None, batch: int = 500):
-    fn = jax.jit(lambda p, x: task.model.apply(p, x, method=CLIP.encode_image)) if images is not None else \
-        jax.jit(lambda p, i, m: task.model.apply(p, i, m, method=CLIP.encode_text)[0])
+    fn = task.encode_image if images is not None else (lambda p, i, m: task.encode_text(p, i, m)[0])
     n = len(images) if images is not None else len(ids)
     out = []
     for s in range(0, n, batch):
@@ -140,8 +142,7 @@ def embed_texts(task: ClipTask, params, texts: list[str]) -> tuple[np.ndarray, n
     inside a good text are reported as a warning; over-long text is truncated with a warning.
     """
     ids, mask = task.tokenizer.encode(list(texts))
-    fn = jax.jit(lambda p, i, m: task.model.apply(p, i, m, method=CLIP.encode_text))
-    pooled, tokens = fn(params, ids, mask)
+    pooled, tokens = task.encode_text(params, ids, mask)
     return np.asarray(pooled), np.asarray(tokens), mask
 
 
