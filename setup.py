@@ -22,9 +22,11 @@ setup(
         "pillow",  # PNG sample grids.
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow.
         "tqdm",
+        "matplotlib",  # sweep result plots (diffusion_jax/sweep.py).
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # tests/test_notebooks.py runs the Colab notebooks (nbclient, ipykernel); matplotlib draws their figures.
+        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
         "tf": ["tensorflow-cpu"],  # only for tfds.load; tfds.data_source works without it.
     },
 )

@@ -55,12 +55,12 @@ def main(argv):
     one = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("batch",))
     single = jax.shard_map(per_device, mesh=one, in_specs=(jax.P(), jax.P("batch")), out_specs=(jax.P(), jax.P()),
                            check_vma=False)
-    batch = {"image": np.zeros((batch_size,) + IMAGE_SHAPE, np.float32), "label": np.zeros(batch_size, np.int32)}
+    batch = {"image": np.zeros((batch_size,) + IMAGE_SHAPE, np.float32), "cond": np.zeros(batch_size, np.int32)}
     train_flops = _flops(single, state, batch) / batch_size
 
     step = dp.lift(per_device, ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
     data = {"image": np.random.default_rng(0).uniform(-1, 1, (4 * batch_size,) + IMAGE_SHAPE).astype(np.float32),
-            "label": np.arange(4 * batch_size, dtype=np.int32) % 10}
+            "cond": np.arange(4 * batch_size, dtype=np.int32) % 10}
     batches = [dp.shard_batch(pipeline.get_batch(data, batch_size, 0, s)) for s in range(4)]
     dstate = dp.replicate(state)
     start = time.time()

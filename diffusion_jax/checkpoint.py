@@ -146,7 +146,12 @@ class Checkpointer:
             raise RuntimeError(f"orbax declined to save step {step} in {self.directory}")
 
     def _move_aside_before_save(self, step: int) -> None:
-        """Renames what a save of `step` would destroy, and known-damaged steps, to kept sibling names."""
+        """Renames what a save of `step` would destroy, and known-damaged steps, to kept sibling names.
+
+        Several processes: process 0 renames, between two barriers, so no process is still reading a directory
+        (e.g. restoring) when it moves, and none starts writing before it has moved.
+        """
+        _barrier(f"diffusion_jax.checkpoint.before_move_aside.{step}")
         if jax.process_index() == 0:
             for damaged in sorted(self._damaged_steps - {step}):
                 if self.step_dir(damaged).exists():
@@ -161,9 +166,7 @@ class Checkpointer:
                     tmp, "interrupted", f"orbax would delete this interrupted save when saving step {step}",
                     base_name=str(step))
         self._damaged_steps.clear()
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices(f"diffusion_jax.checkpoint.move_aside.{step}")
+        _barrier(f"diffusion_jax.checkpoint.move_aside.{step}")
 
     def _rename_aside(self, path: epath.Path, tag: str, why: str, base_name: str | None = None) -> epath.Path:
         """Renames `path` to a unique `<name>.<tag>-<UTC time>[-k]` sibling and logs a WARNING."""
@@ -291,6 +294,13 @@ class Checkpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _barrier(name: str) -> None:
+    """Waits until every process of a multi-process run reaches the barrier `name`; nothing with one process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def _path_str(path) -> str:

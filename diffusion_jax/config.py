@@ -62,8 +62,8 @@ def parse_labels(text: str, key: str = "sample.labels") -> list[int]:
     return labels
 
 
-def validate_digits_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every value the digits task reads; raises ConfigError naming the first bad key."""
+def validate_diffusion_config(config: ml_collections.ConfigDict, positive: Sequence[str] = ()) -> None:
+    """Checks the keys every diffusion task (digits, text to image) reads, plus the `positive` integer keys."""
     _choice(config, "data.source", SOURCES)
     _choice(config, "diffusion.schedule", SCHEDULES)
     _choice(config, "diffusion.prediction", PREDICTIONS)
@@ -71,9 +71,9 @@ def validate_digits_config(config: ml_collections.ConfigDict) -> None:
     _choice(config, "train.parallel", MODES)
     _choice(config, "model.dtype", ("float32", "bfloat16"))
     for key in ("diffusion.num_steps", "train.num_steps", "train.batch_size", "train.log_every",
-                "train.checkpoint_every", "train.max_to_keep", "sample.steps", "sample.num_per_class",
-                "sample.batch_size", "model.num_res_blocks", "model.patch_size", "model.num_heads",
-                "model.norm_groups", "eval.classifier_steps"):
+                "train.checkpoint_every", "train.max_to_keep", "sample.steps", "sample.batch_size",
+                "model.num_res_blocks", "model.patch_size", "model.num_heads", "model.norm_groups",
+                "eval.classifier_steps", *positive):
         _positive(config, key)
     for key in ("train.learning_rate", "train.grad_clip"):
         _positive(config, key, minimum=1e-12)
@@ -90,7 +90,13 @@ def validate_digits_config(config: ml_collections.ConfigDict) -> None:
     if 32 % (config.model.patch_size * 2 ** (len(config.model.channels) - 1)):
         raise ConfigError(f"config.model.patch_size={config.model.patch_size} with {len(config.model.channels)} "
                           "levels does not divide the 32x32 images evenly")
-    for sample_path in (config.sample.output, config.eval.samples):
-        if sample_path and not str(sample_path).endswith(".npz"):
-            raise ConfigError(f"sample/eval path {sample_path!r} must end in .npz")
+    if config.sample.output and not str(config.sample.output).endswith(".npz"):
+        raise ConfigError(f"config.sample.output={config.sample.output!r} must end in .npz")
+
+
+def validate_digits_config(config: ml_collections.ConfigDict) -> None:
+    """Checks every value the digits task reads; raises ConfigError naming the first bad key."""
+    validate_diffusion_config(config, positive=("sample.num_per_class",))
+    if config.eval.samples and not str(config.eval.samples).endswith(".npz"):
+        raise ConfigError(f"config.eval.samples={config.eval.samples!r} must end in .npz")
     parse_labels(config.sample.labels)

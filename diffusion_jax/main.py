@@ -9,6 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from diffusion_jax import distributed
 from diffusion_jax.checkpoint import CheckpointDamagedError, CheckpointMismatchError
 from diffusion_jax.config import ConfigError
 
@@ -22,8 +23,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "embed"],
                           "train (then sample and eval if train.final_sample), sample, eval, or embed (CLIP).")
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-process (multi-host) launches; see diffusion_jax/distributed.py. Unset: one process (or the JAX_* environment).
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 for a multi-process run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process run found by JAX's auto-detection "
+                                 "(Cloud TPU pod slice, Slurm, Open MPI) without the three flags above.")
 
-TASKS = ("digits", "clip")
+TASKS = ("digits", "clip", "txt2img")
 
 
 def run(config, workdir: str, mode: str):
@@ -36,6 +43,11 @@ def run(config, workdir: str, mode: str):
         if mode == "sample":
             raise ConfigError("--mode=sample needs an image generator; config.task='clip' supports train, eval, embed")
         return {"train": clip.train, "eval": clip.evaluate, "embed": clip.embed}[mode](config, workdir)
+    if task == "txt2img":
+        from diffusion_jax.trainers import txt2img
+        if mode == "embed":
+            raise ConfigError("--mode=embed is CLIP's; for text embeddings use the CLIP workdir (config.clip.workdir)")
+        return {"train": txt2img.train, "sample": txt2img.sample, "eval": txt2img.evaluate}[mode](config, workdir)
     if mode == "embed":
         raise ConfigError(f"--mode=embed needs a CLIP config (config.task='clip'), got config.task={task!r}")
     from diffusion_jax.trainers import digits
@@ -47,6 +59,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # orbax logs every file operation at INFO; -v 0 brings it back
         logging.set_verbosity(logging.WARNING)
+    try:
+        distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
     try:
         run(_CONFIG.value, _WORKDIR.value, _MODE.value)
     except _USER_ERRORS as e:

@@ -1,4 +1,4 @@
-"""CLIP on captioned digits (work in progress: issue 3): a dual-tower encoder trained with a contrastive loss.
+"""CLIP on captioned digits: a dual-tower encoder trained with a contrastive loss.
 
   python -m diffusion_jax.main --config=experiments/clip_digits.py --workdir=runs/clip
 Presets: `:tiny` for tests.
@@ -13,6 +13,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "bundled"
+    c.data.train_copies = 5  # examples per training digit, each in a different (colour, layout)
+    c.data.max_shift = 2  # random translation (pixels) of training images
 
     c.model = ml_collections.ConfigDict()
     c.model.max_length = 16
@@ -22,6 +24,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.text_layers = 2
     c.model.text_heads = 4
     c.model.norm_groups = 8
+    c.model.factorize_color = True  # image tower: shape from intensity, colour from the mean ink colour
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 2000
@@ -45,6 +48,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.embed.output = "embeddings.npz"
 
     if preset == "tiny":
+        c.data.train_copies = 2
         c.model.embed_dim = 32
         c.model.image_channels = (16, 32)
         c.model.text_width = 32

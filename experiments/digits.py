@@ -68,6 +68,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.sample.batch_size = 500
     c.sample.seed = 1
     c.sample.use_ema = True
+    # --mode=sample: the run whose latest checkpoint to draw from ("" = this --workdir). Lets several sampling runs
+    # (e.g. experiments/sweeps/digits_ddim_steps.py) share one trained model; the model keys must match that run's.
+    c.sample.checkpoint_workdir = ""
 
     c.eval = ml_collections.ConfigDict()
     c.eval.classifier_steps = 1500

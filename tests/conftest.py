@@ -1,9 +1,23 @@
-"""Test session setup: 8 fake CPU devices (as big_vision's tests do), so data-parallel code runs for real."""
+"""Test session setup: 8 fake CPU devices (as big_vision's tests do), so data-parallel code runs for real.
+
+The suite compiles the same tiny programs many times (in-process and in the absl-main subprocesses it starts), and
+on a 2-core CPU compiling is most of its time. So the session shares one persistent XLA compilation cache, in a
+fresh temporary folder (nothing is reused across sessions, so a stale cache can never hide a change), inherited by
+every subprocess through the environment. Set JAX_COMPILATION_CACHE_DIR yourself to choose the folder, or to ""
+to switch the cache off.
+"""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if "jax" not in sys.modules:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="diffusion_jax_test_xla_cache_")
+        atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")

@@ -179,7 +179,7 @@ def test_tfds_source_through_the_config_on_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=12, data_dir=str(tmp_path)):
         data = digits.Digits(config).train_data()
     assert data["image"].shape == (12, 32, 32, 1) and data["image"].dtype == np.float32
-    assert data["image"].min() >= -1 and data["image"].max() <= 1 and data["label"].shape == (12,)
+    assert data["image"].min() >= -1 and data["image"].max() <= 1 and data["cond"].shape == (12,)
 
 
 def test_unprepared_tfds_fails_fast_in_main_without_downloading(tmp_path):

@@ -46,9 +46,15 @@ class ImageTower(nn.Module):
     channels (32, 64, 128) the last stage runs at 8x8. The pooled features go through a final Dense to width
     `features`.
 
+    With `factorize_color`, the ConvNet sees only the intensity (max over the RGB channels), and the colour enters
+    through the intensity-weighted mean RGB of the image, mapped by a small MLP and added to the pooled features.
+    A digit's shape then looks the same in every colour, so shape features learnt from green 0s also serve red 0s:
+    the inductive bias behind compositional generalisation to (digit, colour) pairs never seen in training.
+
     Attributes:
       channels: widths of the stem and of each stage (the stem uses channels[0] at full resolution).
       features: width of the output features.
+      factorize_color: shape from intensity, colour from the mean ink colour (see above).
       norm_groups: GroupNorm groups (reduced to a divisor of the channel count where needed).
       dtype: compute dtype; the output is float32.
     """
@@ -56,6 +62,7 @@ class ImageTower(nn.Module):
     channels: Sequence[int] = (32, 64, 128)
     features: int = 128
     norm_groups: int = 8
+    factorize_color: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -70,12 +77,21 @@ class ImageTower(nn.Module):
             h = nn.Conv(ch, (3, 3), strides=(stride, stride), dtype=self.dtype)(h)
             return nn.silu(group_norm(ch, self.norm_groups, self.dtype)(h))
 
-        h = conv_norm_act(images.astype(self.dtype), self.channels[0], 1)
+        x = images.astype(jnp.float32)
+        if self.factorize_color:
+            pixels = (x + 1.0) / 2.0  # [0, 1]
+            intensity = jnp.max(pixels, axis=-1, keepdims=True)
+            color = jnp.sum(pixels * intensity, axis=(1, 2)) / jnp.maximum(jnp.sum(intensity, axis=(1, 2)), 1e-6)
+            x = intensity * 2.0 - 1.0
+        h = conv_norm_act(x.astype(self.dtype), self.channels[0], 1)
         for ch in self.channels[1:]:
             h = conv_norm_act(h, ch, 2)
             h = conv_norm_act(h, ch, 1)
-        h = jnp.mean(h, axis=(1, 2))
-        return nn.Dense(self.features, dtype=self.dtype)(h).astype(jnp.float32)
+        h = nn.Dense(self.features, dtype=self.dtype)(jnp.mean(h, axis=(1, 2)))
+        if self.factorize_color:
+            c = nn.silu(nn.Dense(self.features, dtype=self.dtype)(color.astype(self.dtype)))
+            h = h + nn.Dense(self.features, dtype=self.dtype)(c)
+        return h.astype(jnp.float32)
 
 
 class TextBlock(nn.Module):
@@ -166,6 +182,7 @@ class CLIP(nn.Module):
       image_channels: ImageTower stage widths (its features have width embed_dim before the projection).
       text_width, text_layers, text_heads: TextTower size.
       norm_groups: GroupNorm groups of the image tower.
+      factorize_color: the image tower's shape/colour factorisation (see ImageTower).
       logit_scale_init, logit_scale_max: initial log-temperature and the clamp on exp(logit_scale).
       dtype: compute dtype (float32 or bfloat16); all outputs are float32.
     """
@@ -178,13 +195,15 @@ class CLIP(nn.Module):
     text_layers: int = 2
     text_heads: int = 4
     norm_groups: int = 8
+    factorize_color: bool = False
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = 100.0
     logit_bias_init: float = -10.0  # SigLIP's bias b (Zhai et al. 2023); unused by the InfoNCE loss
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        self.image_tower = ImageTower(self.image_channels, self.embed_dim, self.norm_groups, self.dtype)
+        self.image_tower = ImageTower(self.image_channels, self.embed_dim, self.norm_groups, self.factorize_color,
+                                      self.dtype)
         self.text_tower = TextTower(
             self.vocab_size, self.max_length, self.text_width, self.text_layers, self.text_heads, self.dtype
         )

@@ -1,8 +1,11 @@
 """A conditional U-Net noise predictor (Ronneberger et al. 2015; Ho et al. 2020, appendix B).
 
 The network maps (noisy image x_t, timestep t, condition) to a prediction of the noise (or of v). The condition is
-a class label here: label `num_classes` is the extra "null" class used for classifier-free guidance (Ho & Salimans
-2022). Text conditioning plugs in through the same conditioning embedding and `AttentionBlock(context=...)`.
+either a class label (label `num_classes` is the extra "null" class of classifier-free guidance, Ho & Salimans 2022)
+or a text, given as a frozen text encoder's outputs {'tokens': [B, L, W], 'mask': [B, L], 'pooled': [B, D]}: as in
+Stable Diffusion (Rombach et al. 2022, sec. 3.3) the image features cross-attend to the tokens (padding masked out)
+after every self-attention, and, as in Imagen (Saharia et al. 2022), the pooled embedding is added to the timestep
+embedding.
 """
 from typing import Any, Optional, Sequence
 
@@ -19,7 +22,8 @@ class UNet(nn.Module):
       channels: feature width of each resolution level, highest resolution first (e.g. (32, 64, 128)).
       num_res_blocks: residual blocks per level on the way down (one more on the way up, for the skip).
       attention_resolutions: spatial sizes (e.g. (8,)) at which self-attention follows each residual block.
-      num_classes: number of real classes; None for an unconditional model. Label == num_classes means "no label".
+      num_classes: number of real classes; None for a model without labels. Label == num_classes means "no label".
+      text: condition on a text encoder's outputs (a dict, see the module docstring) instead of a label.
       out_channels: channels of the prediction (the image channels).
       patch_size: space-to-depth factor applied first (and undone last): patch_size=2 runs the whole U-Net at half
         the resolution with 4x the input channels, about 4x fewer FLOPs for the same widths (as DiT's patchify).
@@ -31,6 +35,7 @@ class UNet(nn.Module):
     num_res_blocks: int = 1
     attention_resolutions: Sequence[int] = (8,)
     num_classes: Optional[int] = 10
+    text: bool = False
     out_channels: int = 1
     patch_size: int = 1
     dropout: float = 0.0
@@ -39,19 +44,38 @@ class UNet(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, t, labels=None, *, train: bool = False):
-        """Predicts the noise target for x [B, H, W, C] at integer timesteps t [B] given labels [B] (int)."""
+    def __call__(self, x, t, cond=None, *, train: bool = False):
+        """Predicts the noise target for x [B, H, W, C] at integer timesteps t [B] given the condition `cond`:
+        labels [B] (int) for a class-conditional model, a text dict for `text=True` (see the module docstring)."""
+        if self.text and self.num_classes is not None:
+            raise ValueError("a UNet conditions on labels (num_classes) or on text (text=True), not both")
         emb_dim = 4 * self.channels[0]
         emb = timestep_embedding(t, self.channels[0])
         emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
         emb = nn.Dense(emb_dim, dtype=self.dtype)(nn.silu(emb))
+        context = context_mask = None
         if self.num_classes is not None:
-            if labels is None:
-                raise ValueError("this UNet is class-conditional (num_classes set): pass labels (num_classes = null)")
-            emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype)(labels)
+            if cond is None or isinstance(cond, dict):
+                raise ValueError("this UNet is class-conditional (num_classes set): pass int labels [B] "
+                                 "(num_classes = null)")
+            emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype)(cond)
+        elif self.text:
+            if not isinstance(cond, dict) or set(cond) != {"tokens", "mask", "pooled"}:
+                raise ValueError("this UNet is text-conditional: pass cond={'tokens': [B, L, W], 'mask': [B, L], "
+                                 f"'pooled': [B, D]}}, got {type(cond).__name__}"
+                                 + (f" with keys {sorted(cond)}" if isinstance(cond, dict) else ""))
+            emb = emb + nn.Dense(emb_dim, dtype=self.dtype)(cond["pooled"].astype(self.dtype))
+            context, context_mask = cond["tokens"], cond["mask"].astype(bool)
 
         block = lambda ch: ResBlock(ch, self.dropout, self.norm_groups, self.dtype)  # noqa: E731
-        attend = lambda: AttentionBlock(self.num_heads, self.norm_groups, self.dtype)  # noqa: E731
+
+        def attend():
+            """Self-attention, then (text models) cross-attention to the text tokens."""
+            self_attention = AttentionBlock(self.num_heads, self.norm_groups, self.dtype)
+            if context is None:
+                return self_attention
+            cross_attention = AttentionBlock(self.num_heads, self.norm_groups, self.dtype)
+            return lambda h: cross_attention(self_attention(h), context, context_mask)
 
         p = self.patch_size
         b, height, width, c = x.shape

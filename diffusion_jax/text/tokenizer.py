@@ -173,6 +173,16 @@ class Tokenizer:
         ids, mask = self._encode([text], "Tokenizer.encode_one")
         return ids[0], mask[0]
 
+    def encode_empty(self) -> Tuple[np.ndarray, np.ndarray]:
+        """The empty caption `<bos> <eos>` as ids int32 [max_length] and mask bool [max_length].
+
+        `encode` refuses empty text (a user's empty prompt is a mistake); this is the deliberate "no caption" that
+        classifier-free guidance trains and samples with.
+        """
+        ids = np.full(self.max_length, PAD_ID, dtype=np.int32)
+        ids[:2] = (BOS_ID, EOS_ID)
+        return ids, ids != PAD_ID
+
     def decode(self, ids: Sequence[int]) -> str:
         """Turns one row of ids back into normalised text: skips `<bos>`/`<pad>`, stops at `<eos>`, shows `<unk>`.
 

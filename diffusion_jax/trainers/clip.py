@@ -52,7 +52,8 @@ class ClipTask:
         m = config.model
         self.model = CLIP(vocab_size=self.tokenizer.vocab_size, max_length=m.max_length, embed_dim=m.embed_dim,
                           image_channels=tuple(m.image_channels), text_width=m.text_width,
-                          text_layers=m.text_layers, text_heads=m.text_heads, norm_groups=m.norm_groups)
+                          text_layers=m.text_layers, text_heads=m.text_heads, norm_groups=m.norm_groups,
+                          factorize_color=m.get("factorize_color", False))
         # Encoders jitted once per task: evaluation and embedding reuse them instead of re-tracing per call.
         self.encode_image = jax.jit(lambda p, x: self.model.apply(p, x, method=CLIP.encode_image))
         self.encode_text = jax.jit(lambda p, i, m: self.model.apply(p, i, m, method=CLIP.encode_text))
@@ -66,12 +67,34 @@ class ClipTask:
                                  ids > 0)
         return TrainState.create(params, self.tx)
 
-    def data(self, split: str) -> dict:
+    def data(self, split: str, model_images: bool = True) -> dict:
+        """One split, tokenized; images as model inputs in [-1, 1] or, with `model_images=False`, as uint8.
+
+        'train' has `config.data.train_copies` examples per training digit (each a different colour and layout).
+        """
+        copies = self.config.data.get("train_copies", 2)
+        if split == "train" and not 1 <= copies <= 25:
+            raise ConfigError(f"config.data.train_copies={copies} must be in [1, 25] (a digit has 25 allowed "
+                              f"colour x layout combinations)")
         raw = cd.make_dataset(split, seed=self.config.seed if split == "train" else self.config.seed + 1,
-                              source=self.config.data.source)
+                              source=self.config.data.source,
+                              num_examples=copies * self.num_train_digits() if split == "train" else None)
         ids, mask = self.tokenizer.encode(list(raw["caption"]))
-        return {"image": to_model_images(raw["image"]), "ids": ids, "mask": mask, "digit": raw["digit"],
+        images = to_model_images(raw["image"]) if model_images else raw["image"]
+        return {"image": images, "ids": ids, "mask": mask, "digit": raw["digit"],
                 "color": raw["color"], "layout": raw["layout"], "heldout_combo": raw["heldout_combo"]}
+
+    def num_train_digits(self) -> int:
+        from diffusion_jax.data.mnist import load_mnist
+        return len(load_mnist(self.config.data.source, "train")[1])
+
+    def train_batch(self, data: dict, step: int) -> dict:
+        """Batch `step` of the seeded stream of uint8 `data`, shift-augmented (`config.data.max_shift`), as model
+        inputs. A pure function of (seed, step), so a resumed run sees the same augmented batches."""
+        c = self.config
+        b = pipeline.get_batch(data, c.train.batch_size, c.seed, step)
+        images = cd.random_shift(b["image"], c.data.get("max_shift", 0), np.random.default_rng([c.seed, step, 7]))
+        return dict(b, image=to_model_images(images))
 
 
 LOSSES = ("infonce", "sigmoid")
@@ -102,12 +125,12 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, ema_decay: fl
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     task = ClipTask(config, workdir)
-    data = {k: v for k, v in task.data("train").items() if k in ("image", "ids", "mask")}
+    data = {k: v for k, v in task.data("train", model_images=False).items() if k in ("image", "ids", "mask")}
     t = config.train
     step = task.dp.lift(make_train_step(task.model, task.tx, t.ema_decay, t.loss), ("replicated", "sharded"),
                         ("replicated", "replicated"), donate_argnums=(0,))
     state = loop.train_loop(workdir=workdir, dp=task.dp, init_state=task.init_state, train_step=step,
-                            get_batch=lambda s: pipeline.get_batch(data, t.batch_size, config.seed, s),
+                            get_batch=lambda s: task.train_batch(data, s),
                             num_steps=t.num_steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
                             max_to_keep=t.max_to_keep, progress=t.progress, description="clip")
     if t.final_eval:

@@ -1,9 +1,14 @@
-"""Noise-prediction diffusion training and sampling, conditioned on a class label (phases 1 and 2).
+"""Noise-prediction diffusion training and sampling under a condition: a class label (phases 1, 2) or a text (4).
 
 `make_train_step` is the one per-device train step (lifted by `DataParallel`); `make_sampler` the one per-device
 sampler (a `lax.scan` chain with classifier-free guidance). Both are pure; files and logs live in the task modules.
+
+The condition is any pytree whose leaves have a leading batch axis: int labels [B] for digits, the frozen CLIP
+text tower's outputs {'tokens': [B, L, W], 'mask': [B, L], 'pooled': [B, D]} for text. `null_cond` is ONE example's
+"no condition" (the null class, or the empty caption's embeddings): classifier-free guidance drops to it in training
+and guides away from it in sampling. One code path serves both conditionings.
 """
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +24,10 @@ from diffusion_jax.trainers.state import TrainState, apply_gradients
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_unet(model_config, *, num_classes: int, out_channels: int) -> UNet:
+def build_unet(model_config, *, num_classes: Optional[int], out_channels: int, text: bool = False) -> UNet:
     """The U-Net described by the `model` config group (explicit fields: the model never reads the config)."""
     return UNet(channels=tuple(model_config.channels), num_res_blocks=model_config.num_res_blocks,
-                attention_resolutions=tuple(model_config.attention_resolutions), num_classes=num_classes,
+                attention_resolutions=tuple(model_config.attention_resolutions), num_classes=num_classes, text=text,
                 out_channels=out_channels, patch_size=model_config.patch_size, dropout=model_config.dropout,
                 num_heads=model_config.num_heads, norm_groups=model_config.norm_groups,
                 dtype=_DTYPES[model_config.dtype])
@@ -38,20 +43,34 @@ def example_keys(key: jax.Array, batch_size: int) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(batch_size))
 
 
-def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.GradientTransformation, *, seed: int,
-                    prediction: str, cond_dropout: float, ema_decay: float) -> Callable:
-    """Per-device `(state, batch) -> (state, metrics)` for batch {'image': [b,H,W,C] f32, 'label': [b] int}.
+def _broadcast(null_cond: Any, batch_size: int) -> Any:
+    """One example's null condition, repeated along a new leading batch axis."""
+    return jax.tree.map(lambda n: jnp.broadcast_to(n, (batch_size,) + jnp.shape(n)), null_cond)
 
-    Noise generator: t ~ U{0..T-1}, ε ~ N(0, I), x_t = q_sample(x0, t, ε); labels are replaced by the null class with
-    probability `cond_dropout` (classifier-free guidance training). Loss: MSE between the prediction and the eps (or v)
-    target. Gradients and metrics are averaged over the device axis. Keys: (seed, step, example) for the noise,
-    (seed, step, device) for dropout.
+
+def drop_condition(cond: Any, null_cond: Any, drop: jax.Array) -> Any:
+    """Replaces example i's condition by the null condition where drop[i] (classifier-free guidance training)."""
+    def pick(c, n):
+        d = drop.reshape(drop.shape + (1,) * (c.ndim - 1))
+        return jnp.where(d, jnp.asarray(n, c.dtype), c)
+    return jax.tree.map(pick, cond, null_cond)
+
+
+def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.GradientTransformation, *, seed: int,
+                    prediction: str, cond_dropout: float, ema_decay: float, null_cond: Any = None) -> Callable:
+    """Per-device `(state, batch) -> (state, metrics)` for batch {'image': [b,H,W,C] f32, 'cond': pytree [b, ...]}.
+
+    Noise generator: t ~ U{0..T-1}, ε ~ N(0, I), x_t = q_sample(x0, t, ε); the condition is replaced by `null_cond`
+    (default: the null class `model.num_classes`) with probability `cond_dropout` (classifier-free guidance
+    training). Loss: MSE between the prediction and the eps (or v) target. Gradients and metrics are averaged over
+    the device axis. Keys: (seed, step, example) for the noise, (seed, step, device) for dropout.
     """
-    null_label = model.num_classes
+    if null_cond is None:
+        null_cond = np.int32(model.num_classes)
     num_t = schedule.num_steps
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        x0, labels = batch["image"], batch["label"]
+        x0 = batch["image"]
         b = x0.shape[0]
         step_key = jax.random.fold_in(jax.random.key(seed), state.step)
         keys = example_keys(jax.random.fold_in(step_key, 0), b)
@@ -62,13 +81,13 @@ def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.Gradien
                     jax.random.bernoulli(kd, cond_dropout))
 
         t, noise, drop = jax.vmap(draw)(keys)
-        labels = jnp.where(drop, null_label, labels)
+        cond = drop_condition(batch["cond"], null_cond, drop)
         x_t = schedules.q_sample(schedule, x0, t, noise)
         target = schedules.prediction_target(schedule, x0, t, noise, prediction)
         dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 1), lax.axis_index(AXIS))
 
         def loss_fn(params):
-            pred = model.apply(params, x_t, t, labels, train=True, rngs={"dropout": dropout_key})
+            pred = model.apply(params, x_t, t, cond, train=True, rngs={"dropout": dropout_key})
             return losses.noise_mse(pred, target)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -81,17 +100,20 @@ def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.Gradien
 
 
 def make_sampler(model: UNet, schedule: schedules.Schedule, image_shape, *, sampler: str, steps: int, eta: float,
-                 prediction: str, clip_x0: bool = True) -> Callable:
-    """Per-device `(params, labels [b], keys [b], guidance) -> images [b,H,W,C]` with classifier-free guidance.
+                 prediction: str, clip_x0: bool = True, null_cond: Any = None) -> Callable:
+    """Per-device `(params, cond [b, ...], keys [b], guidance) -> images [b,H,W,C]` with classifier-free guidance.
 
-    The guidance scale is a traced argument: changing it does not recompile. The step count is static.
+    `null_cond` is one example's null condition (default: the null class). The guidance scale is a traced argument:
+    changing it does not recompile. The step count is static.
     """
-    null_label = model.num_classes
+    if null_cond is None:
+        null_cond = np.int32(model.num_classes)
     image_shape = tuple(image_shape)
 
-    def draw(params, labels, keys, guidance):
+    def draw(params, cond, keys, guidance):
         apply = lambda x, t, c: model.apply(params, x, t, c)  # noqa: E731
-        model_fn = samplers.classifier_free_guidance(apply, labels, jnp.full_like(labels, null_label), guidance)
+        null = _broadcast(null_cond, keys.shape[0])
+        model_fn = samplers.classifier_free_guidance(apply, cond, null, guidance)
         return samplers.sample(sampler, model_fn, schedule, keys, image_shape, steps=steps, eta=eta,
                                prediction=prediction, clip_x0=clip_x0)
 
@@ -99,33 +121,36 @@ def make_sampler(model: UNet, schedule: schedules.Schedule, image_shape, *, samp
 
 
 class Sampler:
-    """Draws images for given labels on all local devices, in fixed-size chunks, deterministically per seed.
+    """Draws images for given conditions on all local devices, in fixed-size chunks, deterministically per seed.
 
-    Example i of a call gets the key fold_in(key(seed), i), so a sample depends only on (seed, i, label, guidance),
-    not on the device count or chunk size.
+    Example i of a call gets the key fold_in(key(seed), i), so a sample depends only on (seed, i, condition,
+    guidance), not on the device count or chunk size.
     """
 
     def __init__(self, dp: DataParallel, model: UNet, schedule: schedules.Schedule, image_shape, *, sampler: str,
-                 steps: int, eta: float, prediction: str, batch_size: int):
+                 steps: int, eta: float, prediction: str, batch_size: int, null_cond: Any = None):
         per_device = make_sampler(model, schedule, image_shape, sampler=sampler, steps=steps, eta=eta,
-                                  prediction=prediction)
+                                  prediction=prediction, null_cond=null_cond)
         self.dp = dp
         self.chunk = -(-batch_size // dp.num_devices) * dp.num_devices
         self._draw = dp.lift(per_device, ("replicated", "sharded", "sharded", "replicated"), "sharded")
 
-    def __call__(self, params, labels: np.ndarray, *, seed: int, guidance: float) -> np.ndarray:
-        """`params` as placed by `dp.replicate`; returns float32 images in [-1, 1], one per label."""
-        labels = np.asarray(labels, np.int32)
-        n = len(labels)
-        chunk = self.chunk  # always full chunks: one compiled program whatever the number of labels
+    def __call__(self, params, cond: Any, *, seed: int, guidance: float) -> np.ndarray:
+        """`params` as placed by `dp.replicate`; `cond` labels [N] or a pytree of [N, ...] arrays; returns float32
+        images in [-1, 1], one per condition."""
+        cond = jax.tree.map(np.asarray, cond)
+        if not isinstance(cond, dict):
+            cond = np.asarray(cond, np.int32)
+        n = len(jax.tree.leaves(cond)[0])
+        chunk = self.chunk  # always full chunks: one compiled program whatever the number of conditions
         total = -(-n // chunk) * chunk
-        padded = np.concatenate([labels, np.zeros(total - n, np.int32)])
+        padded = jax.tree.map(lambda a: np.concatenate([a, np.zeros((total - n,) + a.shape[1:], a.dtype)]), cond)
         key = jax.random.key(seed)
-        all_keys = jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total)))
+        all_keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))))
         g = self.dp.replicate(np.float32(guidance))
         out = []
         for start in range(0, total, chunk):
-            batch = self.dp.shard_batch({"label": padded[start:start + chunk],
-                                         "key": np.asarray(all_keys[start:start + chunk])})
-            out.append(self.dp.gather_batch(self._draw(params, batch["label"], batch["key"], g)))
+            batch = self.dp.shard_batch({"cond": jax.tree.map(lambda a: a[start:start + chunk], padded),
+                                         "key": all_keys[start:start + chunk]})
+            out.append(self.dp.gather_batch(self._draw(params, batch["cond"], batch["key"], g)))
         return np.concatenate(out)[:n]

@@ -5,6 +5,7 @@ Everything a run makes lives in its workdir:
   metrics.jsonl, tensorboard/
   samples/step_*.png      grids drawn during training
   samples/samples.npz     images (uint8 N x 32 x 32 x 1) and labels (int N); samples.png beside it, one row a digit
+  samples/samples.json    how they were drawn: sampler, steps, sampling seconds and images/s (eval.json copies these)
   classifier/             the evaluation classifier (trained on real training digits only)
   eval.json               accuracy per class, Fréchet distance and its real-vs-real floor
 """
@@ -61,22 +62,37 @@ class Digits:
     def train_data(self) -> dict:
         c = self.config.data
         images, labels = mnist.load_mnist(c.source, "train", tfds_data_dir=c.tfds_data_dir or None)
-        return {"image": mnist.to_model_images(images), "label": labels}
+        return {"image": mnist.to_model_images(images), "cond": labels}
 
 
 def _sample_path(config, workdir: str) -> str:
     return config.sample.output or os.path.join(workdir, "samples", "samples.npz")
 
 
-def _write_samples(path: str, images: np.ndarray, labels: np.ndarray, digits: list[int]) -> None:
-    """Writes the npz and the PNG grid beside it (one row per digit); never overwrites an existing file silently."""
+def _info_path(sample_path: str) -> str:
+    """The JSON beside a samples npz that says how it was drawn (`samples.npz` -> `samples.json`)."""
+    return sample_path[:-4] + ".json"
+
+
+def _write_samples(path: str, images: np.ndarray, labels: np.ndarray, digits: list[int], info: dict) -> None:
+    """Writes the npz, the PNG grid beside it (one row per digit) and `info` as JSON beside it; never overwrites an
+    existing result silently (the previous npz and its JSON are moved aside under the same time stamp)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     images_u8 = mnist.to_uint8_images(images)
     tmp = path + ".tmp.npz"
     np.savez(tmp, images=images_u8, labels=labels.astype(np.int64))
+    info_path = _info_path(path)
     if os.path.exists(path):  # keep the previous result: a new sampling run must not destroy the last one
-        os.replace(path, path[:-4] + time.strftime("-%Y%m%d-%H%M%S") + ".npz")
+        stamp = time.strftime("-%Y%m%d-%H%M%S")
+        os.replace(path, path[:-4] + stamp + ".npz")
+        if os.path.exists(info_path):
+            os.replace(info_path, path[:-4] + stamp + ".json")
+    elif os.path.exists(info_path):  # a JSON without its npz describes nothing that exists any more
+        os.remove(info_path)
     os.replace(tmp, path)
+    with open(info_path + ".tmp", "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(info_path + ".tmp", info_path)
     rows = [np.flatnonzero(labels == d) for d in digits]
     save_grid(path[:-4] + ".png", images_u8, rows, row_titles=[str(d) for d in digits])
 
@@ -111,20 +127,34 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     return state
 
 
-def _load_state(task: Digits, workdir: str) -> TrainState:
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+def _load_state(task: Digits, workdir: str) -> tuple[int, TrainState]:
+    """(step, state) of the latest good checkpoint of `sample.checkpoint_workdir` ("" = this run's `workdir`).
+
+    Sampling from another run's checkpoint lets many sampling runs (e.g. a sweep over DDIM steps) share one trained
+    model; the config must describe the same model, or the restore names the mismatched leaves.
+    """
+    source = task.config.sample.get("checkpoint_workdir", "") or workdir
+    key = (f"config.sample.checkpoint_workdir={source!r}" if task.config.sample.get("checkpoint_workdir", "")
+           else "the run's own --workdir; set config.sample.checkpoint_workdir to sample another run's model")
+    ckpt_dir = os.path.join(source, "checkpoints")
+    hint = f"no checkpoint in {ckpt_dir} ({key}): train first with --mode=train --workdir={source}"
+    if not os.path.isdir(ckpt_dir):  # checked first: opening a Checkpointer would create the folder
+        raise FileNotFoundError(hint)
     with Checkpointer(ckpt_dir, max_to_keep=task.config.train.max_to_keep) as checkpointer:
         restored = checkpointer.restore(jax.eval_shape(task.init_state))
     if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first (--mode=train) with this workdir")
-    return restored[1]
+        raise FileNotFoundError(hint)
+    return restored
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str, *, state: Optional[TrainState] = None,
            task: Optional[Digits] = None) -> str:
-    """Draws `sample.num_per_class` digits for each label in `sample.labels`; writes npz + PNG; returns the npz path."""
+    """Draws `sample.num_per_class` digits for each label in `sample.labels`; writes npz + PNG + JSON (sampling time,
+    images/s); returns the npz path. Without `state`, loads the latest checkpoint of `sample.checkpoint_workdir`
+    (default: `workdir`)."""
     task = task or Digits(config)
-    state = state if state is not None else _load_state(task, workdir)
+    if state is None:
+        _, state = _load_state(task, workdir)
     s = config.sample
     digits = config_lib.parse_labels(s.labels)
     labels = np.repeat(np.asarray(digits, np.int32), s.num_per_class)
@@ -133,8 +163,14 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *, state: Optional[T
     images = task.sampler()(params, labels, seed=s.seed, guidance=s.guidance)
     seconds = time.time() - start
     path = _sample_path(config, workdir)
+    # Wall-clock of the whole sampling call, including its one XLA compile (the steps run in a lax.scan, so the
+    # compile barely depends on their number). Padding up to a full sample.batch_size chunk is drawn, not counted.
+    info = {"sampling_seconds": seconds, "images_per_second": len(labels) / seconds, "num_images": len(labels),
+            "sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance": s.guidance, "batch_size": s.batch_size,
+            "num_devices": task.dp.num_devices, "use_ema": s.use_ema, "train_step": int(np.asarray(state.step)),
+            "checkpoint_workdir": os.path.abspath(s.get("checkpoint_workdir", "") or workdir)}
     if jax.process_index() == 0:
-        _write_samples(path, images, labels, digits)
+        _write_samples(path, images, labels, digits, info)
     logging.info("drew %d digits (%s, %d steps, guidance %.2f) in %.1f s -> %s", len(labels), s.sampler, s.steps,
                  s.guidance, seconds, path)
     print(f"sampled {len(labels)} digits in {seconds:.1f} s ({len(labels) / seconds:.1f} images/s) -> {path}")
@@ -173,6 +209,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result["classifier_heldout_accuracy"] = classifier_heldout_accuracy(params, test_x, test_labels)
     result["classifier_seconds"] = classifier_seconds
     result["samples"] = os.path.abspath(path)
+    if os.path.exists(_info_path(path)):  # written by sample() beside the npz: how long drawing these digits took
+        with open(_info_path(path)) as f:
+            info = json.load(f)
+        for key in ("sampling_seconds", "images_per_second"):
+            if key in info:
+                result[key] = info[key]
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump(result, f, indent=2)

@@ -2,6 +2,13 @@
 
 Every task (digits, CLIP, text-to-image) brings a lifted train step and a batch function; this loop owns the side
 effects: the checkpoint directory in the workdir, `metrics.jsonl`, TensorBoard events and the progress bar.
+
+Multi-process runs (see `diffusion_jax.distributed`): every process runs this loop with the same arguments. Each
+computes the same global batch from the step and `DataParallel.shard_batch` keeps only its own share, so the global
+batch is the sum of the per-process batches. Checkpoints are saved and restored by all processes together (orbax
+coordinates them; only process 0 writes the files of the replicated host state and the step metadata). Only
+process 0 writes `metrics.jsonl`, TensorBoard events and the progress bar; hooks run on every process (they may run
+collectives such as sampling) and must write files on process 0 only.
 """
 import json
 import math
@@ -74,7 +81,8 @@ def train_loop(*, workdir: str, dp: DataParallel, init_state: Callable[[], Any],
 
     Args:
       train_step: lifted `(device_state, device_batch) -> (device_state, metrics)`; metrics are replicated scalars.
-      get_batch: host batch for a global step, a pure function of the step (exact resume after a kill).
+      get_batch: the GLOBAL host batch for a step, a pure function of the step (exact resume after a kill, and every
+        process of a multi-process run computes the same batch; `dp.shard_batch` keeps this process's share).
       hooks: (every, fn) pairs; fn(step, device_state) runs after every `every` steps (e.g. sample grids).
     """
     os.makedirs(workdir, exist_ok=True)
@@ -84,9 +92,10 @@ def train_loop(*, workdir: str, dp: DataParallel, init_state: Callable[[], Any],
         checkpointer.close()
         return host_state
     state = dp.replicate(host_state)
-    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-    bar = tqdm.tqdm(total=num_steps, initial=step, desc=description, disable=not progress, dynamic_ncols=True,
-                    mininterval=1.0)
+    primary = jax.process_index() == 0
+    writer = MetricsWriter(workdir, enabled=primary)
+    bar = tqdm.tqdm(total=num_steps, initial=step, desc=description, disable=not (progress and primary),
+                    dynamic_ncols=True, mininterval=1.0)
     last_saved = checkpointer.latest_step()
     window, t_window, pending = [], time.time(), None
     try:

@@ -1,0 +1,213 @@
+"""Text to image: cross-attention and its mask, guidance, prompt errors, attribute checks, 1 vs 8 devices, e2e."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from diffusion_jax.config import load_config
+from diffusion_jax.data import captioned_digits as cd
+from diffusion_jax.data import mnist
+from diffusion_jax.diffusion import samplers, schedules
+from diffusion_jax.evaluation import txt2img as checks
+from diffusion_jax.parallel import DataParallel
+from diffusion_jax.text.tokenizer import TokenizerWarning
+from diffusion_jax.trainers import diffusion, txt2img
+from diffusion_jax.trainers.state import TrainState
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "experiments/txt2img_digits.py:tiny")
+L, W, D = 6, 12, 8  # caption length, token width, pooled width of the fake text conditions
+
+
+def _cond(rng, n, lengths):
+    mask = np.arange(L)[None, :] < np.asarray(lengths)[:, None]
+    tokens = rng.normal(size=(n, L, W)).astype(np.float32) * mask[..., None]
+    return {"tokens": tokens, "mask": mask, "pooled": rng.normal(size=(n, D)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def unet():
+    """The tiny text U-Net with every parameter perturbed (zero-initialised output layers would hide the text)."""
+    model = diffusion.build_unet(load_config(TINY).model, num_classes=None, out_channels=3, text=True)
+    rng = np.random.default_rng(0)
+    cond = _cond(rng, 2, [3, 5])
+    params = jax.jit(model.init)(jax.random.key(0), np.zeros((2, 32, 32, 3), np.float32), np.zeros(2, np.int32),
+                                 cond)
+    params = jax.tree.map(lambda p: p + 0.2 * rng.normal(size=p.shape).astype(p.dtype), params)
+    return model, params, jax.jit(model.apply)
+
+
+def test_cross_attention_shape_and_padding_tokens_change_nothing(unet):
+    model, params, apply = unet
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+    t = np.array([5, 50], np.int32)
+    cond = _cond(rng, 2, [3, 5])
+    out = np.asarray(apply(params, x, t, cond))
+    assert out.shape == (2, 32, 32, 3) and out.dtype == np.float32
+    garbage = dict(cond, tokens=np.where(cond["mask"][..., None], cond["tokens"],
+                                         rng.normal(size=cond["tokens"].shape).astype(np.float32) * 50))
+    np.testing.assert_allclose(apply(params, x, t, garbage), out, atol=1e-5)
+    # Control: changing a REAL token does change the prediction, so the check above can fail.
+    real = dict(cond, tokens=cond["tokens"].copy())
+    real["tokens"][:, 0] += 1.0
+    assert np.abs(np.asarray(apply(params, x, t, real)) - out).max() > 1e-3
+    # And the pooled embedding enters too.
+    assert np.abs(np.asarray(apply(params, x, t, dict(cond, pooled=cond["pooled"] + 1.0))) - out).max() > 1e-3
+
+
+def test_text_unet_rejects_labels_and_wrong_keys(unet):
+    model, params, apply = unet
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    with pytest.raises(ValueError, match="text-conditional"):
+        model.apply(params, x, np.zeros(2, np.int32), np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match="pooled"):
+        model.apply(params, x, np.zeros(2, np.int32), {"tokens": np.zeros((2, L, W)), "mask": np.ones((2, L))})
+
+
+def test_guidance_scale_one_is_the_conditional_prediction(unet):
+    model, params, _ = unet
+    rng = np.random.default_rng(2)
+    cond, null = _cond(rng, 3, [2, 4, 6]), _cond(rng, 3, [2, 2, 2])
+    x = rng.normal(size=(3, 32, 32, 3)).astype(np.float32)
+    t = np.array([1, 10, 90], np.int32)
+    apply = lambda x, t, c: model.apply(params, x, t, c)  # noqa: E731
+    guided = jax.jit(lambda g: samplers.classifier_free_guidance(apply, cond, null, g)(x, t))
+    np.testing.assert_allclose(guided(1.0), apply(x, t, cond), rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(guided(3.0)) - np.asarray(apply(x, t, cond))).max() > 1e-3
+
+
+def test_drop_condition_replaces_whole_examples():
+    cond = {"tokens": np.ones((3, L, W), np.float32), "mask": np.ones((3, L), bool),
+            "pooled": np.ones((3, D), np.float32)}
+    null = {"tokens": np.zeros((L, W), np.float32), "mask": np.arange(L) < 2, "pooled": np.zeros(D, np.float32)}
+    out = jax.tree.map(np.asarray, diffusion.drop_condition(cond, null, jnp.array([False, True, False])))
+    np.testing.assert_array_equal(out["tokens"][1], 0)
+    np.testing.assert_array_equal(out["mask"][1], null["mask"])
+    np.testing.assert_array_equal(out["tokens"][[0, 2]], 1)
+    np.testing.assert_array_equal(out["pooled"][1], 0)
+
+
+def test_attribute_checks_read_real_captioned_images():
+    data = cd.make_dataset("test", seed=1, num_examples=300)
+    np.testing.assert_array_equal(checks.layouts(data["image"]), data["layout"])
+    np.testing.assert_array_equal(checks.colors(data["image"]), data["color"])
+    centred = np.flatnonzero(data["layout"] == cd.LAYOUTS.index("center"))[:3]
+    crops = checks.digit_crops(data["image"][centred], data["layout"][centred])
+    assert crops.shape == (3, 32, 32, 1) and crops.min() >= -1 and crops.max() <= 1
+    # A centred red digit's crop is exactly the digit as the classifier sees real MNIST (red channel = intensity).
+    red = centred[data["color"][centred] == cd.COLORS.index("red")]
+    for i in red:
+        expected = mnist.to_model_images(data["image"][i, 2:30, 2:30, 0][None])[0]
+        np.testing.assert_allclose(checks.digit_crops(data["image"][i:i + 1], data["layout"][i:i + 1])[0], expected)
+    blank = np.zeros((1, 32, 32, 3), np.uint8)
+    assert checks.layouts(blank)[0] == cd.LAYOUTS.index("center")  # defined, and scored wrong for quadrant prompts
+    scores = checks.attribute_scores({"digit": np.array([1, 2]), "color": np.array([0, 0]), "layout": np.array([0, 1])},
+                                     [1, 2], [0, 0], [0, 0], [False, True])
+    assert scores["seen_all_accuracy"] == 1.0 and scores["heldout_all_accuracy"] == 0.0
+    assert scores["heldout_digit_accuracy"] == 1.0
+    assert checks.diversity(np.zeros((4, 32, 32, 3), np.uint8), [0, 0, 1, 1]) == 0.0
+
+
+def _text_step_run(dp, model, schedule, null, batches):
+    step = dp.lift(diffusion.make_train_step(model, schedule, optax.sgd(0.05), seed=0, prediction="v",
+                                             cond_dropout=0.5, ema_decay=0.9, null_cond=null),
+                   ("replicated", "sharded"), ("replicated", "replicated"))
+    params = jax.jit(model.init)(jax.random.key(0), batches[0]["image"][:2], np.zeros(2, np.int32),
+                                 jax.tree.map(lambda a: a[:2], batches[0]["cond"]))
+    state = dp.replicate(TrainState.create(params, optax.sgd(0.05)))
+    losses = []
+    for b in batches:
+        state, metrics = step(state, dp.shard_batch(b))
+        losses.append(float(dp.unreplicate(metrics)["loss"]))
+    return dp.unreplicate(state), losses
+
+
+@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
+def test_text_conditioned_step_eight_devices_equals_one(unet, mode):
+    model, _, _ = unet
+    schedule = schedules.make_schedule("cosine", 100)
+    rng = np.random.default_rng(3)
+    null = jax.tree.map(lambda a: a[0], _cond(rng, 1, [2]))
+    batches = [{"image": rng.uniform(-1, 1, size=(16, 32, 32, 3)).astype(np.float32),
+                "cond": _cond(rng, 16, rng.integers(2, L + 1, size=16))} for _ in range(2)]
+    ref, ref_losses = _text_step_run(DataParallel("shard_map", jax.local_devices()[:1]), model, schedule, null,
+                                     batches)
+    got, got_losses = _text_step_run(DataParallel(mode), model, schedule, null, batches)
+    np.testing.assert_allclose(got_losses, ref_losses, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(ref.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _main(workdir, *flags, mode="train"):
+    cmd = [sys.executable, "-m", "diffusion_jax.main", f"--config={TINY}", f"--workdir={workdir}", f"--mode={mode}",
+           *flags]
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    return proc.returncode, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    """From nothing: the tiny preset trains CLIP in WORKDIR/clip, then the U-Net, then evaluates."""
+    workdir = str(tmp_path_factory.mktemp("txt2img"))
+    code, out = _main(workdir)
+    assert code == 0, out
+    return workdir, out
+
+
+def test_tiny_run_from_nothing_trains_clip_then_unet_and_evaluates(e2e):
+    workdir, out = e2e
+    assert "training CLIP there first" in out
+    assert os.path.exists(os.path.join(workdir, "clip", "tokenizer.json"))
+    assert os.listdir(os.path.join(workdir, "clip", "checkpoints"))
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20] and rows[-1]["loss"] < rows[0]["loss"]
+    result = json.load(open(os.path.join(workdir, "eval.json")))
+    assert set(result["guidance"]) == {"1", "3", "4"}  # eval.guidance_scales (1, 4) plus sample.guidance 3
+    for scores in result["guidance"].values():
+        assert 0 <= scores["seen_all_accuracy"] <= 1 and scores["seen_count"] == 250 and scores["heldout_count"] == 50
+        assert -1 <= scores["clip_score"] <= 1
+    # The attribute checker is near-perfect on real images: colour and layout exactly, the digit mostly.
+    real = result["checker_on_real_images"]
+    assert real["seen_color_accuracy"] == real["seen_layout_accuracy"] == 1.0
+    assert os.path.exists(os.path.join(workdir, "samples", "eval_guidance_3.png"))
+
+
+def test_sample_mode_prompts_file_and_outputs(e2e, tmp_path):
+    workdir, _ = e2e
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("a blue seven in the center\n\na green 2 in the bottom right\n")
+    output = str(tmp_path / "out.npz")
+    code, out = _main(workdir, "--config.sample.prompts=a red 3 in the top left", f"--config.sample.prompts_file="
+                      f"{prompts_file}", "--config.sample.num_per_prompt=3", f"--config.sample.output={output}",
+                      mode="sample")
+    assert code == 0, out
+    with np.load(output) as f:
+        assert f["images"].dtype == np.uint8 and f["images"].shape == (9, 32, 32, 3)
+        assert list(f["prompts"]) == ["a red 3 in the top left"] * 3 + ["a blue seven in the center"] * 3 + [
+            "a green 2 in the bottom right"] * 3
+    assert os.path.getsize(output[:-4] + ".png") > 0
+
+
+def test_bad_prompts_are_clear_errors(e2e):
+    workdir, _ = e2e
+    code, out = _main(workdir, "--config.sample.prompts=a red 3 in the top left;;a blue 4", mode="sample")
+    assert code == 2 and "prompt 1 is empty" in out
+    code, out = _main(workdir, "--config.sample.prompts=zebra quokka", mode="sample")
+    assert code == 2 and "zebra" in out and "only unknown words" in out
+    task = txt2img.TextToImage(load_config(TINY), workdir)
+    with pytest.raises(txt2img.PromptError, match="empty"):
+        task.prompt_condition(["a red 3", "  "])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cond = task.prompt_condition(["a red 3 wearing a hat in the top left"])
+    assert cond["pooled"].shape[0] == 1
+    assert any(issubclass(w.category, TokenizerWarning) and "wearing" in str(w.message) and "hat" in str(w.message)
+               for w in caught)
