@@ -179,3 +179,23 @@ def test_tfds_builder_offline_round_trip(tmp_path):
         cd.prepare_tfds(tmp_path, seed=3, num_examples=12)
     with pytest.raises(FileNotFoundError, match='prepare_tfds'):
         cd.load_tfds('train', tmp_path / 'empty')
+
+
+def test_random_shift_translates_each_image_and_fills_with_zero():
+    images = np.arange(3 * 6 * 6 * 2, dtype=np.uint8).reshape(3, 6, 6, 2) + 1
+    shifted = cd.random_shift(images, 2, np.random.default_rng(0))
+    assert shifted.shape == images.shape and shifted.dtype == images.dtype
+    for original, moved in zip(images, shifted):
+        # Some translation (dy, dx) in [-2, 2]^2 maps the original onto the shifted image, with zeros brought in.
+        matches = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                expected = np.zeros_like(original)
+                src = original[max(0, -dy):6 - max(0, dy), max(0, -dx):6 - max(0, dx)]
+                expected[max(0, dy):max(0, dy) + src.shape[0], max(0, dx):max(0, dx) + src.shape[1]] = src
+                matches.append(np.array_equal(expected, moved))
+        assert sum(matches) == 1
+    np.testing.assert_array_equal(cd.random_shift(images, 2, np.random.default_rng(0)), shifted)  # pure in rng
+    assert cd.random_shift(images, 0, np.random.default_rng(0)) is images
+    with pytest.raises(ValueError, match="max_shift"):
+        cd.random_shift(images, -1, np.random.default_rng(0))

@@ -120,3 +120,23 @@ def test_bad_text_shapes_raise_clear_errors(params, ids, mask, match):
 def test_bad_image_rank_raises(params):
     with pytest.raises(ValueError, match="images must"):
         jax.eval_shape(lambda p: MODEL.apply(p, jnp.zeros((32, 32, 3)), method=CLIP.encode_image), params)
+
+
+def test_factorised_image_tower_sees_shape_the_same_in_every_colour():
+    """With factorize_color, the ConvNet trunk gets the intensity only: a red and a green copy of one digit differ
+    only through the colour branch (zero it and their features are equal), and that branch does tell them apart."""
+    from diffusion_jax.data import captioned_digits as cd
+    from diffusion_jax.data import mnist
+    from diffusion_jax.models.clip import ImageTower
+
+    digit = mnist.load_mnist("bundled", "test")[0][0]
+    images = np.stack([cd.render(digit, c, "top left") for c in ("red", "green")]).astype(np.float32) / 127.5 - 1
+    tower = ImageTower(channels=(8, 16), features=16, norm_groups=4, factorize_color=True)
+    params = tower.init(jax.random.key(0), images)
+    features = np.asarray(tower.apply(params, images))
+    assert np.abs(features[0] - features[1]).max() > 1e-4
+    no_color = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.zeros_like(x) if "Dense_2" in jax.tree_util.keystr(path) else x, params)
+    same = np.asarray(tower.apply(no_color, images))
+    np.testing.assert_allclose(same[0], same[1], atol=1e-5)
+    assert params["params"]["Conv_0"]["kernel"].shape[2] == 1  # the trunk's input is the intensity alone
