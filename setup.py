@@ -26,7 +26,7 @@ setup(
     ],
     extras_require={
         # tests/test_notebooks.py runs the Colab notebooks (nbclient, ipykernel); matplotlib draws their figures.
-        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
         "tf": ["tensorflow-cpu"],  # only for tfds.load; tfds.data_source works without it.
     },
 )

@@ -90,7 +90,7 @@ def main(argv):
     results = {}
     for name, fn, batches in (("cached", per_device, cached), ("in-step", in_step, raw_batches)):
         step = dp.lift(fn, ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
-        state = dp.replicate(TrainState.create(params, tx))
+        state = dp.replicate(jax.device_get(TrainState.create(params, tx)))  # host copy: params and EMA are separate buffers (both donated)
         results[name] = _time_steps(step, state, batches, _TRAIN_STEPS.value)
     print(f"devices: {dp.num_devices} x {jax.devices()[0].device_kind} ({jax.default_backend()}), train batch {b}, "
           f"U-Net {sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f} M params")

@@ -53,7 +53,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.diffusion.cond_dropout = 0.1  # probability a caption is replaced by the empty caption (guidance training)
 
     c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 4000
+    c.train.num_steps = 6000
     c.train.batch_size = 64
     c.train.learning_rate = 2e-3
     c.train.warmup_steps = 100
@@ -64,7 +64,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.train.log_every = 50
     c.train.checkpoint_every = 1000
     c.train.max_to_keep = 3
-    c.train.sample_every = 1000  # a grid for a few fixed prompts during training (0 = never)
+    c.train.sample_every = 2000  # a grid for a few fixed prompts during training (0 = never)
     c.train.progress = True
     c.train.final_eval = True  # after training: evaluate (eval.*)
 

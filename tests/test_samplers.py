@@ -95,7 +95,10 @@ def test_samplers_match_numpy_reference(prediction, sched_name, T, steps, clip):
         assert got.shape == (3,) + SHAPE and got.dtype == jnp.float32
         want = reference_sample(kind, sched.alpha_bars, ts, noises, eta, prediction, clip)
         assert np.all(np.isfinite(want))
-        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-4, atol=1e-4,
+        # float32 rounding error scales with the array's magnitude (unclipped chains reach ~1e4), not with an element
+        # that cancellation left small; any real error in the update rule would be of the order of the whole scale.
+        atol = 1e-4 + 1e-6 * np.abs(want).max()
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-4, atol=atol,
                                    err_msg=f"sampler {kind} eta={eta}")
 
 
