@@ -7,7 +7,7 @@ import ml_collections
 
 from diffusion_jax.data.mnist import NUM_CLASSES, SOURCES
 from diffusion_jax.diffusion.samplers import SAMPLERS
-from diffusion_jax.diffusion.schedules import PREDICTIONS, SCHEDULES
+from diffusion_jax.diffusion.schedules import LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES
 from diffusion_jax.parallel import MODES
 
 
@@ -67,6 +67,7 @@ def validate_diffusion_config(config: ml_collections.ConfigDict, positive: Seque
     _choice(config, "data.source", SOURCES)
     _choice(config, "diffusion.schedule", SCHEDULES)
     _choice(config, "diffusion.prediction", PREDICTIONS)
+    _choice(config, "diffusion.loss_weighting", LOSS_WEIGHTINGS)
     _choice(config, "sample.sampler", SAMPLERS)
     _choice(config, "train.parallel", MODES)
     _choice(config, "model.dtype", ("float32", "bfloat16"))
@@ -75,7 +76,7 @@ def validate_diffusion_config(config: ml_collections.ConfigDict, positive: Seque
                 "model.num_res_blocks", "model.patch_size", "model.num_heads", "model.norm_groups",
                 "eval.classifier_steps", *positive):
         _positive(config, key)
-    for key in ("train.learning_rate", "train.grad_clip"):
+    for key in ("train.learning_rate", "train.grad_clip", "diffusion.snr_gamma"):
         _positive(config, key, minimum=1e-12)
     for key in ("train.warmup_steps", "train.weight_decay", "train.sample_every", "sample.eta", "sample.guidance"):
         _positive(config, key, minimum=0)

@@ -40,6 +40,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # samples were unrecognisable after 32k images, v at 21k already had digit shapes); eps stays one flag away.
     c.diffusion.prediction = "v"  # eps | v
     c.diffusion.cond_dropout = 0.1  # probability a label is replaced by the null class (classifier-free guidance)
+    c.diffusion.loss_weighting = "none"  # none (L_simple) | min_snr (Min-SNR-gamma, Hang et al. 2023)
+    c.diffusion.snr_gamma = 5.0  # gamma of min_snr
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 1500

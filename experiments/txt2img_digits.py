@@ -51,6 +51,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.diffusion.num_steps = 1000
     c.diffusion.prediction = "v"
     c.diffusion.cond_dropout = 0.1  # probability a caption is replaced by the empty caption (guidance training)
+    c.diffusion.loss_weighting = "none"  # none (L_simple) | min_snr (Min-SNR-gamma, Hang et al. 2023)
+    c.diffusion.snr_gamma = 5.0  # gamma of min_snr
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 6000

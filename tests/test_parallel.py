@@ -15,11 +15,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from diffusion_jax.config import load_config
 
 
-def _run_steps(task: Digits, dp: DataParallel, num_steps: int = 3):
+def _run_steps(task: Digits, dp: DataParallel, num_steps: int = 3, loss_weighting: str = "none"):
     c = task.config
     step = dp.lift(diffusion.make_train_step(task.model, task.schedule, task.tx, seed=c.seed,
                                              prediction=c.diffusion.prediction,
-                                             cond_dropout=c.diffusion.cond_dropout, ema_decay=c.train.ema_decay),
+                                             cond_dropout=c.diffusion.cond_dropout, ema_decay=c.train.ema_decay,
+                                             loss_weighting=loss_weighting),
                    ("replicated", "sharded"), ("replicated", "replicated"))
     data = task.train_data()
     state = dp.replicate(jax.jit(task.init_state)())
@@ -44,6 +45,17 @@ def task():
 @pytest.fixture(scope="module")
 def one_device(task):
     return _run_steps(task, DataParallel("shard_map", jax.local_devices()[:1]))
+
+
+def test_min_snr_weighting_in_the_step_on_eight_devices_equals_one_device(task, one_device):
+    """The Min-SNR-weighted loss is a different loss (smaller: weights <= 1) with the same 1-vs-8-device equality."""
+    _, metrics = _run_steps(task, DataParallel("shard_map"), num_steps=2, loss_weighting="min_snr")
+    _, ref = _run_steps(task, DataParallel("shard_map", jax.local_devices()[:1]), num_steps=2, loss_weighting="min_snr")
+    np.testing.assert_allclose([m["loss"] for m in metrics], [m["loss"] for m in ref], rtol=1e-4)
+    assert metrics[0]["loss"] < one_device[1][0]["loss"]
+    with pytest.raises(ValueError, match="'snr'"):
+        diffusion.make_train_step(task.model, task.schedule, task.tx, seed=0, prediction="v", cond_dropout=0.1,
+                                  ema_decay=0.9, loss_weighting="snr")
 
 
 @pytest.mark.parametrize("mode", ["shard_map", "pmap"])

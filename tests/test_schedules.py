@@ -144,3 +144,47 @@ def test_noise_mse():
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     with pytest.raises(ValueError, match=r"\(4,\)"):
         losses.noise_mse(target, jnp.zeros((4,)))
+
+
+def test_weighted_noise_mse():
+    rng = np.random.default_rng(4)
+    pred = jnp.asarray(rng.normal(size=(4, 3, 3, 2)), jnp.float32)
+    target = jnp.asarray(rng.normal(size=(4, 3, 3, 2)), jnp.float32)
+    np.testing.assert_allclose(losses.weighted_noise_mse(pred, target, jnp.ones(4)), losses.noise_mse(pred, target),
+                               rtol=1e-6)
+    w = np.array([0.0, 1.0, 2.0, 0.5])
+    per_example = np.mean((np.asarray(pred) - np.asarray(target)) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(losses.weighted_noise_mse(pred, target, jnp.asarray(w)), np.mean(w * per_example),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match=r"weights shape \(3,\)"):
+        losses.weighted_noise_mse(pred, target, jnp.ones(3))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_weight_is_min_snr_gamma_on_the_x0_error(prediction):
+    """Definition check (Hang et al. 2023): weight * (target error)^2 == min(SNR, gamma) * (x0 error)^2 per example."""
+    sched = schedules.make_schedule("cosine", 1000)
+    rng = np.random.default_rng(5)
+    t = jnp.asarray([0, 10, 200, 500, 800, 999])
+    x0 = jnp.asarray(rng.uniform(-1, 1, size=(6, 4, 4, 3)), jnp.float32)
+    noise = jnp.asarray(rng.normal(size=x0.shape), jnp.float32)
+    x_t = schedules.q_sample(sched, x0, t, noise)
+    target = schedules.prediction_target(sched, x0, t, noise, prediction)
+    pred = target + 0.1 * jnp.asarray(rng.normal(size=x0.shape), jnp.float32)
+    x0_hat, _ = schedules.predict_x0_eps(sched, x_t, t, pred, prediction)
+    abar = np.asarray(sched.alpha_bars, np.float64)[np.asarray(t)]
+    snr = abar / (1 - abar)
+    w = np.asarray(schedules.loss_weight(sched, t, prediction, "min_snr", gamma=5.0), np.float64)
+    target_err = np.sum((np.asarray(pred, np.float64) - np.asarray(target, np.float64)) ** 2, axis=(1, 2, 3))
+    x0_err = np.sum((np.asarray(x0_hat, np.float64) - np.asarray(x0, np.float64)) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(w * target_err, np.minimum(snr, 5.0) * x0_err, rtol=1e-3)
+    assert np.all(w > 0) and np.all(w <= 1.0 + 1e-6)
+    # Low-noise timesteps (SNR far above gamma) are down-weighted; the noisiest ones keep (eps) or lose little (v).
+    assert w[0] < 1e-2 and w[-1] > (0.99 if prediction == "eps" else 0.0)
+    np.testing.assert_array_equal(schedules.loss_weight(sched, t, prediction, "none"), np.ones(6))
+
+
+def test_loss_weight_rejects_unknown_names():
+    sched = schedules.make_schedule("linear", 10)
+    with pytest.raises(ValueError, match=r"'snr'.*none.*min_snr"):
+        schedules.loss_weight(sched, jnp.array([0]), "v", "snr")

@@ -17,6 +17,7 @@ import numpy as np
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
+LOSS_WEIGHTINGS = ("none", "min_snr")
 
 # Cosine schedule constants (Nichol & Dhariwal 2021, section 3.2).
 _COSINE_S = 0.008
@@ -124,6 +125,27 @@ def prediction_target(
         return noise
     abar = _gather(schedule.alpha_bars, t, x0.ndim)
     return jnp.sqrt(abar) * noise - jnp.sqrt(1.0 - abar) * x0.astype(jnp.float32)
+
+
+def loss_weight(schedule: Schedule, t: jax.Array, prediction: str, weighting: str,
+                gamma: float = 5.0) -> jax.Array:
+    """Per-example loss weights [B] for the MSE on the ``prediction`` target at timesteps ``t`` [B].
+
+    ``'none'``: all ones (L_simple). ``'min_snr'``: Min-SNR-gamma (Hang et al. 2023): the loss, seen as an MSE on
+    x0, is weighted by min(SNR_t, gamma), SNR_t = abar / (1 - abar). Expressed on the model's target this is
+    min(SNR, gamma) / SNR for eps and min(SNR, gamma) / (SNR + 1) for v, since the eps and v errors are sqrt(SNR)
+    and sqrt(SNR + 1) times the x0 error. It stops the low-noise timesteps, which are easy and numerous, from
+    dominating the gradient.
+    """
+    check_prediction(prediction)
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"Unknown loss weighting {weighting!r}; valid choices: {LOSS_WEIGHTINGS}.")
+    if weighting == "none":
+        return jnp.ones(jnp.shape(t), jnp.float32)
+    abar = jnp.asarray(schedule.alpha_bars, jnp.float32)[jnp.asarray(t)]
+    snr = abar / (1.0 - abar)
+    clipped = jnp.minimum(snr, gamma)
+    return clipped / snr if prediction == "eps" else clipped / (snr + 1.0)
 
 
 def predict_x0_eps(

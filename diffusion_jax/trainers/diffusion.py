@@ -57,16 +57,19 @@ def drop_condition(cond: Any, null_cond: Any, drop: jax.Array) -> Any:
 
 
 def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.GradientTransformation, *, seed: int,
-                    prediction: str, cond_dropout: float, ema_decay: float, null_cond: Any = None) -> Callable:
+                    prediction: str, cond_dropout: float, ema_decay: float, null_cond: Any = None,
+                    loss_weighting: str = "none", snr_gamma: float = 5.0) -> Callable:
     """Per-device `(state, batch) -> (state, metrics)` for batch {'image': [b,H,W,C] f32, 'cond': pytree [b, ...]}.
 
     Noise generator: t ~ U{0..T-1}, ε ~ N(0, I), x_t = q_sample(x0, t, ε); the condition is replaced by `null_cond`
     (default: the null class `model.num_classes`) with probability `cond_dropout` (classifier-free guidance
-    training). Loss: MSE between the prediction and the eps (or v) target. Gradients and metrics are averaged over
-    the device axis. Keys: (seed, step, example) for the noise, (seed, step, device) for dropout.
+    training). Loss: MSE between the prediction and the eps (or v) target, weighted per example by
+    `schedules.loss_weight` (`loss_weighting`: none | min_snr, with `snr_gamma`). Gradients and metrics are averaged
+    over the device axis. Keys: (seed, step, example) for the noise, (seed, step, device) for dropout.
     """
     if null_cond is None:
         null_cond = np.int32(model.num_classes)
+    schedules.loss_weight(schedule, np.zeros(1, np.int32), prediction, loss_weighting, snr_gamma)  # checks names
     num_t = schedule.num_steps
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -88,7 +91,10 @@ def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.Gradien
 
         def loss_fn(params):
             pred = model.apply(params, x_t, t, cond, train=True, rngs={"dropout": dropout_key})
-            return losses.noise_mse(pred, target)
+            if loss_weighting == "none":
+                return losses.noise_mse(pred, target)
+            weights = schedules.loss_weight(schedule, t, prediction, loss_weighting, snr_gamma)
+            return losses.weighted_noise_mse(pred, target, weights)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         grads = lax.pmean(grads, AXIS)

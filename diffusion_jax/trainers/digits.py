@@ -105,6 +105,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     train_step = task.dp.lift(
         diffusion.make_train_step(task.model, task.schedule, task.tx, seed=config.seed,
                                   prediction=config.diffusion.prediction, cond_dropout=config.diffusion.cond_dropout,
+                                  loss_weighting=config.diffusion.loss_weighting, snr_gamma=config.diffusion.snr_gamma,
                                   ema_decay=t.ema_decay),
         ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
     grid_labels = np.repeat(np.arange(mnist.NUM_CLASSES), 4)

@@ -162,6 +162,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     train_step = task.dp.lift(
         diffusion.make_train_step(task.model, task.schedule, task.tx, seed=config.seed,
                                   prediction=config.diffusion.prediction, cond_dropout=config.diffusion.cond_dropout,
+                                  loss_weighting=config.diffusion.loss_weighting, snr_gamma=config.diffusion.snr_gamma,
                                   ema_decay=t.ema_decay, null_cond=task.null_cond),
         ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
     grid_prompts = [p for p in GRID_PROMPTS for _ in range(4)]
