@@ -15,11 +15,14 @@ import numpy as np
 from absl import app, flags
 
 from diffusion_jax.config import load_config
+from diffusion_jax.distributed import split_cpu
 from diffusion_jax.data import pipeline
 from diffusion_jax.trainers import diffusion
 from diffusion_jax.trainers.digits import IMAGE_SHAPE, Digits
 
 _CONFIG = flags.DEFINE_string("config", "experiments/digits.py", "config file[:preset]")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", -1, "CPU devices, as python -m diffusion_jax.main --cpu_devices "
+                                   "(-1: one per core; 1: one device using every core)")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model compute dtype")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20, "timed train steps")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "train batch size (0 = the config's)")
@@ -36,6 +39,7 @@ def _flops(fn, *args) -> float:
 def main(argv):
     del argv
     config = load_config(_CONFIG.value)
+    split_cpu(_CPU_DEVICES.value, (_BATCH.value or config.train.batch_size))  # before JAX starts its backend
     config.model.dtype = _DTYPE.value
     config.sample.steps = _SAMPLE_STEPS.value
     if _BATCH.value:

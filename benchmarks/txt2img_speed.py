@@ -16,6 +16,7 @@ import numpy as np
 from absl import app, flags
 
 from diffusion_jax.config import load_config
+from diffusion_jax.distributed import split_cpu
 from diffusion_jax.data import captioned_digits as cd
 from diffusion_jax.data import pipeline
 from diffusion_jax.models.clip import CLIP
@@ -26,6 +27,8 @@ from diffusion_jax.trainers.state import TrainState, make_optimizer
 from diffusion_jax.trainers.txt2img import IMAGE_SHAPE
 
 _CONFIG = flags.DEFINE_string("config", "experiments/txt2img_digits.py", "config file[:preset]")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", -1, "CPU devices, as python -m diffusion_jax.main --cpu_devices "
+                                   "(-1: one per core; 1: one device using every core)")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20, "timed train steps per variant")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 300, "images to draw (0 = skip sampling)")
 
@@ -43,6 +46,7 @@ def _time_steps(step, state, batches, n):
 def main(argv):
     del argv
     c = load_config(_CONFIG.value)
+    split_cpu(_CPU_DEVICES.value, c.train.batch_size)  # before JAX starts its backend
     dp = DataParallel(c.train.parallel)
     b = c.train.batch_size
     raw = cd.make_dataset("train", seed=0, num_examples=c.data.train_copies * 4500)

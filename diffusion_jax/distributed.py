@@ -11,6 +11,9 @@ cluster as `jax.devices()`, while each feeds and reads only its own `jax.local_d
   the `kubernetes` package), where JAX finds the coordinator, process count and process id itself.
 
 Missing values are left to JAX's auto-detection, so `--coordinator_address` alone works under Slurm as well.
+
+On a CPU, `split_cpu` (`--cpu_devices`) first makes each core a JAX device, so the data-parallel step runs there
+exactly as on a pod, one share of the batch per core.
 """
 from __future__ import annotations
 
@@ -89,3 +92,29 @@ def maybe_initialize(coordinator_address: Optional[str] = None, num_processes: O
 def is_primary() -> bool:
     """True on the one process (index 0) that writes logs, metrics, images and other shared files."""
     return jax.process_index() == 0
+
+
+def split_cpu(num_devices: int, batch_size: int, environ: Optional[dict] = None) -> int:
+    """Makes the CPU backend `num_devices` devices (-1: auto, see --cpu_devices) by setting XLA_FLAGS; returns the count
+    set (0 when XLA_FLAGS is left alone). Must run before JAX starts its backend.
+
+    On a CPU, one device per core, each running its share of the batch on one thread, is faster than one device whose
+    operations are split over the cores: this model's operations are small, so threads mostly wait for each other
+    (benchmarks/txt2img_speed.py --cpu_devices=1 compares).
+    """
+    environ = os.environ if environ is None else environ
+    flags_now = environ.get("XLA_FLAGS", "")
+    if num_devices == 0 or "xla_force_host_platform_device_count" in flags_now:
+        return 0
+    if num_devices < 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        num_devices = 1
+        while num_devices * 2 <= min(cores, 8) and batch_size % (num_devices * 2) == 0:
+            num_devices *= 2
+    if batch_size % num_devices:
+        raise ValueError(f"--cpu_devices={num_devices} does not divide config.train.batch_size={batch_size}")
+    extra = f" --xla_force_host_platform_device_count={num_devices}"
+    if num_devices > 1 and "xla_cpu_multi_thread_eigen" not in flags_now:
+        extra += " --xla_cpu_multi_thread_eigen=false"  # one thread per device: the devices are the parallelism
+    environ["XLA_FLAGS"] = (flags_now + extra).strip()
+    return num_devices

@@ -4,7 +4,6 @@ Flags pick the config file (with an optional preset, `experiments/digits.py:tiny
 `--config.group.key=value`; the work itself lives in importable functions (`diffusion_jax.trainers.*`), which Colab
 notebooks call directly.
 """
-import os
 import sys
 
 from absl import app, flags, logging
@@ -39,30 +38,6 @@ _CPU_DEVICES = flags.DEFINE_integer(
 TASKS = ("digits", "clip", "txt2img")
 
 
-def split_cpu(num_devices: int, batch_size: int, environ=os.environ) -> int:
-    """Makes the CPU backend `num_devices` devices (-1: auto, see --cpu_devices) by setting XLA_FLAGS; returns the count
-    set (0 when XLA_FLAGS is left alone). Must run before JAX starts its backend.
-
-    On a CPU, one device per core, each running its share of the batch on one thread, is faster than one device whose
-    operations are split over the cores: this model's operations are small, so threads mostly wait for each other
-    (benchmarks/txt2img_speed.py --cpu_devices=... measures it).
-    """
-    flags_now = environ.get("XLA_FLAGS", "")
-    if num_devices == 0 or "xla_force_host_platform_device_count" in flags_now:
-        return 0
-    if num_devices < 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        num_devices = 1
-        while num_devices * 2 <= min(cores, 8) and batch_size % (num_devices * 2) == 0:
-            num_devices *= 2
-    if batch_size % num_devices:
-        raise ConfigError(f"--cpu_devices={num_devices} does not divide config.train.batch_size={batch_size}")
-    extra = f" --xla_force_host_platform_device_count={num_devices}"
-    if num_devices > 1 and "xla_cpu_multi_thread_eigen" not in flags_now:
-        extra += " --xla_cpu_multi_thread_eigen=false"  # one thread per device: the devices are the parallelism
-    environ["XLA_FLAGS"] = (flags_now + extra).strip()
-    return num_devices
-
 
 def run(config, workdir: str, mode: str):
     """Dispatches on the config's task and the mode; returns what the task function returns."""
@@ -91,10 +66,7 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:  # orbax logs every file operation at INFO; -v 0 brings it back
         logging.set_verbosity(logging.WARNING)
     try:
-        split_cpu(_CPU_DEVICES.value, int(_CONFIG.value.train.batch_size))
-    except ConfigError as e:
-        raise app.UsageError(str(e)) from e
-    try:
+        distributed.split_cpu(_CPU_DEVICES.value, int(_CONFIG.value.train.batch_size))
         distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from e

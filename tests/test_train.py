@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax import main as main_lib
+from diffusion_jax import distributed
 from diffusion_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from diffusion_jax.config import ConfigError, load_config
 from diffusion_jax.parallel import DataParallel
@@ -200,7 +200,7 @@ def test_unprepared_tfds_fails_fast_in_main_without_downloading(tmp_path):
 def test_split_cpu_auto_picks_a_power_of_two_dividing_the_batch(monkeypatch, cores, batch, want):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
-    assert main_lib.split_cpu(-1, batch, env) == want
+    assert distributed.split_cpu(-1, batch, env) == want
     assert f"--xla_force_host_platform_device_count={want}" in env["XLA_FLAGS"]
     assert env["XLA_FLAGS"].startswith("--xla_dump_to=/tmp/x")  # the user's own flags are kept
     assert ("--xla_cpu_multi_thread_eigen=false" in env["XLA_FLAGS"]) == (want > 1)
@@ -208,9 +208,9 @@ def test_split_cpu_auto_picks_a_power_of_two_dividing_the_batch(monkeypatch, cor
 
 def test_split_cpu_respects_the_users_choice():
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    assert main_lib.split_cpu(-1, 64, env) == 0 and env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+    assert distributed.split_cpu(-1, 64, env) == 0 and env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
     env = {}
-    assert main_lib.split_cpu(0, 64, env) == 0 and env == {}
-    assert main_lib.split_cpu(4, 64, env) == 4 and "device_count=4" in env["XLA_FLAGS"]
-    with pytest.raises(ConfigError, match=r"--cpu_devices=3 does not divide config.train.batch_size=64"):
-        main_lib.split_cpu(3, 64, {})
+    assert distributed.split_cpu(0, 64, env) == 0 and env == {}
+    assert distributed.split_cpu(4, 64, env) == 4 and "device_count=4" in env["XLA_FLAGS"]
+    with pytest.raises(ValueError, match=r"--cpu_devices=3 does not divide config.train.batch_size=64"):
+        distributed.split_cpu(3, 64, {})
