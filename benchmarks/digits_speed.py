@@ -15,8 +15,8 @@ import numpy as np
 from absl import app, flags
 
 from diffusion_jax.config import load_config
-from diffusion_jax.distributed import split_cpu
 from diffusion_jax.data import pipeline
+from diffusion_jax.distributed import split_cpu
 from diffusion_jax.trainers import diffusion
 from diffusion_jax.trainers.digits import IMAGE_SHAPE, Digits
 

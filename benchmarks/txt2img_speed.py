@@ -16,9 +16,9 @@ import numpy as np
 from absl import app, flags
 
 from diffusion_jax.config import load_config
-from diffusion_jax.distributed import split_cpu
 from diffusion_jax.data import captioned_digits as cd
 from diffusion_jax.data import pipeline
+from diffusion_jax.distributed import split_cpu
 from diffusion_jax.models.clip import CLIP
 from diffusion_jax.parallel import DataParallel
 from diffusion_jax.text.tokenizer import Tokenizer

@@ -38,7 +38,6 @@ _CPU_DEVICES = flags.DEFINE_integer(
 TASKS = ("digits", "clip", "txt2img")
 
 
-
 def run(config, workdir: str, mode: str):
     """Dispatches on the config's task and the mode; returns what the task function returns."""
     task = config.get("task")

@@ -127,6 +127,12 @@ def prediction_target(
     return jnp.sqrt(abar) * noise - jnp.sqrt(1.0 - abar) * x0.astype(jnp.float32)
 
 
+def check_loss_weighting(weighting: str) -> None:
+    """Raise a clear ValueError unless ``weighting`` is one of LOSS_WEIGHTINGS."""
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"Unknown loss weighting {weighting!r}; valid choices: {LOSS_WEIGHTINGS}.")
+
+
 def loss_weight(schedule: Schedule, t: jax.Array, prediction: str, weighting: str,
                 gamma: float = 5.0) -> jax.Array:
     """Per-example loss weights [B] for the MSE on the ``prediction`` target at timesteps ``t`` [B].
@@ -138,8 +144,7 @@ def loss_weight(schedule: Schedule, t: jax.Array, prediction: str, weighting: st
     dominating the gradient.
     """
     check_prediction(prediction)
-    if weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(f"Unknown loss weighting {weighting!r}; valid choices: {LOSS_WEIGHTINGS}.")
+    check_loss_weighting(weighting)
     if weighting == "none":
         return jnp.ones(jnp.shape(t), jnp.float32)
     abar = jnp.asarray(schedule.alpha_bars, jnp.float32)[jnp.asarray(t)]

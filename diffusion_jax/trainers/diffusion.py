@@ -69,7 +69,7 @@ def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.Gradien
     """
     if null_cond is None:
         null_cond = np.int32(model.num_classes)
-    schedules.loss_weight(schedule, np.zeros(1, np.int32), prediction, loss_weighting, snr_gamma)  # checks names
+    schedules.check_loss_weighting(loss_weighting)
     num_t = schedule.num_steps
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -88,12 +88,12 @@ def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.Gradien
         x_t = schedules.q_sample(schedule, x0, t, noise)
         target = schedules.prediction_target(schedule, x0, t, noise, prediction)
         dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 1), lax.axis_index(AXIS))
+        weights = schedules.loss_weight(schedule, t, prediction, loss_weighting, snr_gamma)
 
         def loss_fn(params):
             pred = model.apply(params, x_t, t, cond, train=True, rngs={"dropout": dropout_key})
-            if loss_weighting == "none":
+            if loss_weighting == "none":  # the plain mean: bitwise the loss of runs made before weighting existed
                 return losses.noise_mse(pred, target)
-            weights = schedules.loss_weight(schedule, t, prediction, loss_weighting, snr_gamma)
             return losses.weighted_noise_mse(pred, target, weights)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
