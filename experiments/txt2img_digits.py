@@ -55,7 +55,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.diffusion.snr_gamma = 5.0  # gamma of min_snr
 
     c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 6000
+    c.train.num_steps = 7500
     c.train.batch_size = 64
     c.train.learning_rate = 2e-3
     c.train.warmup_steps = 100
