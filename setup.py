@@ -22,7 +22,7 @@ setup(
         "pillow",  # PNG sample grids.
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow.
         "tqdm",
-        "matplotlib",  # sweep result plots (diffusion_jax/sweep.py).
+        "matplotlib",  # sweep result plots (diffusion_jax/sweep/plots.py).
     ],
     extras_require={
         # tests/test_notebooks.py runs the Colab notebooks (nbclient, ipykernel); matplotlib draws their figures.

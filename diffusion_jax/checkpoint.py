@@ -13,7 +13,13 @@ What orbax does not do and this module adds:
 * Fallback: orbax restores exactly the step it is asked for and raises on a damaged one (often a
   misleading "pytree structure" or tensorstore error). `Checkpointer.restore` tries the steps newest
   to oldest, each with a fresh manager, logs a WARNING for every damaged step it skips, and raises
-  `CheckpointDamagedError` if none is usable rather than silently starting from scratch.
+  `CheckpointDamagedError` if none is usable rather than silently starting from scratch. Only what
+  damaged files raise counts as damage (`_is_damage`: missing, truncated or garbled files); any other
+  error (a transient OSError, a bug) propagates, so a flaky file system never silently resumes an
+  older step whose next save would move the newer one aside.
+* Several processes agree: each process tries the same step, their outcomes are gathered to all of
+  them, and a step is used only if every process read it; so all resume from the same step, even
+  when damage is visible to one process only (a stale cache, a partly synced copy).
 * Compatibility: orbax silently casts dtypes and reports a shape mismatch without naming the leaf.
   `restore` compares every leaf of the checkpoint's metadata with the abstract state first and raises
   `CheckpointMismatchError` naming the leaves and both shapes. A mismatch is a wrong config, not
@@ -41,7 +47,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-__all__ = ["Checkpointer", "CheckpointDamagedError", "CheckpointMismatchError"]
+__all__ = ["Checkpointer", "CheckpointDamagedError", "CheckpointMismatchError", "restore_latest"]
 
 # orbax's suffix for a step that is still being written (atomic rename on finalisation).
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -192,33 +198,48 @@ class Checkpointer:
         (missing or truncated files, unreadable metadata, ...) are skipped newest to oldest with a
         WARNING; each attempt uses a fresh orbax manager because orbax has no fallback. Raises
         `CheckpointMismatchError` (without falling back) if the checkpoint's structure, shapes or dtypes
-        differ from `abstract_state`, and `CheckpointDamagedError` if every step is damaged. Nothing on
-        disk is written, renamed or deleted here.
+        differ from `abstract_state`, and `CheckpointDamagedError` if every step is damaged. Any other
+        error (`_is_damage` says which are damage) propagates without trying an older step. With several
+        processes, a step is used only if every process read it, so all return the same step; an error
+        on one process makes every process raise. Nothing on disk is written, renamed or deleted here.
         """
         config_specs = _leaf_specs(abstract_state, "abstract_state")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        steps = self.all_steps()
+        steps = _agreed_steps(self.all_steps())
         if not steps:
             return None
         self._damaged_steps = set()  # what this scan finds; a step repaired since an earlier scan is kept
         failures = []
         for step in reversed(steps):
+            state, error, reason = None, None, ""
             try:
                 state = self._restore_step(step, abstract, config_specs)
+                outcome = _OK
             except CheckpointMismatchError:
-                raise
-            except Exception as exc:  # orbax/tensorstore/json raise many types for the same damage
-                reason = _short_reason(exc)
-                failures.append((step, reason))
-                self._damaged_steps.add(step)
-                logging.warning(
-                    "Checkpoint step directory %s is damaged and is skipped (left in place): %s",
-                    self.step_dir(step), reason)
-                continue
-            if failures:
-                logging.warning("Restored step %d from %s after skipping damaged steps %s.",
-                                step, self.directory, [s for s, _ in failures])
-            return step, state
+                raise  # the same config on every process: every process raises it
+            except Exception as exc:  # noqa: BLE001 -- sorted into damage and everything else right here
+                if not _is_damage(exc) and jax.process_count() == 1:
+                    raise
+                outcome, error, reason = (_DAMAGED, None, _short_reason(exc)) if _is_damage(exc) else (_ERROR, exc, "")
+            outcomes = _gather_outcomes(outcome)
+            if error is not None:
+                raise error
+            if _ERROR in outcomes:
+                raise RuntimeError(
+                    f"process(es) {[p for p, o in enumerate(outcomes) if o == _ERROR]} failed to restore step {step} "
+                    f"from {self.directory} with an error that is not checkpoint damage (see their logs); nothing "
+                    "was skipped or changed on disk.")
+            if _DAMAGED not in outcomes:
+                if failures:
+                    logging.warning("Restored step %d from %s after skipping damaged steps %s.",
+                                    step, self.directory, [s for s, _ in failures])
+                return step, state
+            if not reason:
+                reason = f"damaged as read by process(es) {[p for p, o in enumerate(outcomes) if o == _DAMAGED]}"
+            failures.append((step, reason))
+            self._damaged_steps.add(step)
+            logging.warning("Checkpoint step directory %s is damaged and is skipped (left in place): %s",
+                            self.step_dir(step), reason)
         tried = "; ".join(f"step {s} ({self.step_dir(s)}): {r}" for s, r in failures)
         raise CheckpointDamagedError(
             f"No usable checkpoint in {self.directory}: every finished step is damaged. Tried steps "
@@ -294,6 +315,45 @@ class Checkpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+_OK, _DAMAGED, _ERROR = 0, 1, 2
+
+
+def _is_damage(exc: BaseException) -> bool:
+    """Whether `exc` is what a damaged step raises: a ValueError (tensorstore's read errors, garbled JSON,
+    a CRC-32 mismatch) or FileNotFoundError (a missing file), possibly wrapped by orbax in a bare Exception.
+
+    Measured on orbax 0.12.8 for truncated, deleted and bit-flipped data files, a truncated OCDBT index, a deleted
+    manifest and deleted or garbled metadata (tests/test_checkpoint.py). Anything else (PermissionError, EIO,
+    a time-out, a TypeError from a bug) is not damage: it propagates instead of skipping the step.
+    """
+    while exc is not None:
+        if isinstance(exc, (ValueError, FileNotFoundError)):
+            return True
+        if type(exc) is not Exception:  # orbax re-raises tensorstore's errors as a bare Exception with a cause
+            return False
+        exc = exc.__cause__
+    return False
+
+
+def _agreed_steps(steps: list[int]) -> list[int]:
+    """The step list of process 0, on every process (listings of a shared file system may briefly differ)."""
+    if jax.process_count() == 1:
+        return steps
+    from jax.experimental import multihost_utils
+    count = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
+    padded = np.full(max(count, 1), -1, np.int64)
+    padded[:min(count, len(steps))] = steps[:count]
+    return [int(s) for s in multihost_utils.broadcast_one_to_all(padded)[:count]]
+
+
+def _gather_outcomes(outcome: int) -> list[int]:
+    """Every process's outcome (_OK, _DAMAGED, _ERROR) for the step just tried, in process order, on every process."""
+    if jax.process_count() == 1:
+        return [outcome]
+    from jax.experimental import multihost_utils
+    return [int(o) for o in np.asarray(multihost_utils.process_allgather(np.int32(outcome))).reshape(-1)]
 
 
 def _barrier(name: str) -> None:
@@ -376,3 +436,19 @@ def _short_reason(exc: BaseException) -> str:
         exc = exc.__cause__
     reason = " <- caused by ".join(parts)
     return reason if len(reason) <= _MAX_REASON_CHARS else reason[:_MAX_REASON_CHARS] + "..."
+
+
+def restore_latest(directory: str | os.PathLike, abstract_state: Any, *, hint: str) -> tuple[int, Any]:
+    """`(step, state)` of the newest good checkpoint in `directory`, for sampling, evaluation and frozen models.
+
+    Raises FileNotFoundError naming the directory, followed by `hint` (what to run first, e.g. '(...): train
+    first'), when it holds no
+    finished checkpoint; a missing directory is not created. Damage and mismatches behave as in `restore`.
+    """
+    if not epath.Path(os.fspath(directory)).exists():  # checked first: a Checkpointer would create the folder
+        raise FileNotFoundError(f"no checkpoint in {os.fspath(directory)} {hint}")
+    with Checkpointer(directory) as checkpointer:
+        restored = checkpointer.restore(abstract_state)
+    if restored is None:
+        raise FileNotFoundError(f"no finished checkpoint in {os.fspath(directory)} {hint}")
+    return restored

@@ -1,5 +1,7 @@
-"""PNG grids of generated images (one row per label or prompt), written with Pillow."""
+"""Generated images on disk: PNG grids (one row per label or prompt, written with Pillow) and sample files."""
+import json
 import os
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -32,3 +34,35 @@ def save_grid(path: str, images: np.ndarray, rows: Sequence[np.ndarray], *, row_
             canvas.paste(tile, (title_width + pad + c * (w + pad), y))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     canvas.save(path)
+
+
+def write_samples(path: str, images_u8: np.ndarray, arrays: dict, info: dict, rows: Sequence[np.ndarray],
+                  row_titles: Optional[Sequence[str]] = None) -> None:
+    """Writes generated images as `path` (npz: `images` plus `arrays`), `info` as JSON beside it (`x.npz` ->
+    `x.json`: how they were drawn) and a PNG grid beside it (`x.png`, `rows` as in `save_grid`).
+
+    Never destroys an earlier result: an existing npz and its JSON are moved aside under one time stamp
+    (`x-YYYYmmdd-HHMMSS.npz|json`) before the new ones are renamed into place; both are written to temporary files
+    first, so a crash leaves the old result or the new one, never half of one.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, images=images_u8, **arrays)
+    info_path = info_path_of(path)
+    if os.path.exists(path):
+        stamp = time.strftime("-%Y%m%d-%H%M%S")
+        os.replace(path, path[:-4] + stamp + ".npz")
+        if os.path.exists(info_path):
+            os.replace(info_path, path[:-4] + stamp + ".json")
+    elif os.path.exists(info_path):  # a JSON without its npz describes nothing that exists any more
+        os.remove(info_path)
+    os.replace(tmp, path)
+    with open(info_path + ".tmp", "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(info_path + ".tmp", info_path)
+    save_grid(path[:-4] + ".png", images_u8, rows, row_titles=row_titles)
+
+
+def info_path_of(sample_path: str) -> str:
+    """The JSON beside a samples npz that says how it was drawn (`samples.npz` -> `samples.json`)."""
+    return sample_path[:-4] + ".json"

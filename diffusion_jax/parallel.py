@@ -100,7 +100,7 @@ class DataParallel:
     def unreplicate(self, tree: Any) -> Any:
         """Brings a replicated pytree back to the host as NumPy arrays (one copy, read from a local device)."""
         if self.mode == "pmap":
-            return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+            return jax.tree.map(lambda x: np.asarray(jax.device_get(x[0])), tree)
         return jax.tree.map(_to_host, tree)
 
     def shard_batch(self, batch: Any) -> Any:
@@ -146,7 +146,7 @@ class DataParallel:
     def gather_batch(self, tree: Any) -> Any:
         """Inverse of `shard_batch` for outputs: host NumPy arrays with the global batch axis first (every process)."""
         if self.mode == "pmap":
-            return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
+            return jax.tree.map(lambda x: np.asarray(jax.device_get(x)).reshape((-1,) + x.shape[2:]), tree)
         return jax.tree.map(_to_host, tree)
 
     def lift(self, fn: Callable, in_kinds: Sequence[str], out_kinds: Sequence[str] | str,
@@ -178,10 +178,13 @@ class DataParallel:
 
 
 def _to_host(x: Any) -> np.ndarray:
-    """A NumPy copy of a (possibly multi-process) array: a local replica if replicated, else all-gathered."""
+    """A NumPy copy of a (possibly multi-process) array: a local replica if replicated, else all-gathered.
+
+    Transfers are explicit (`jax.device_get`), so loops may run under `jax.transfer_guard_device_to_host('disallow')`.
+    """
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         if x.is_fully_replicated:
-            return np.asarray(x.addressable_data(0))
+            return np.asarray(jax.device_get(x.addressable_data(0)))
         from jax.experimental import multihost_utils
         return multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(x)
+    return np.asarray(jax.device_get(x))

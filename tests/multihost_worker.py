@@ -50,14 +50,14 @@ def main() -> None:
 
     config = load_config(os.path.join(ROOT, "experiments/digits.py:tiny"))
     config.train.batch_size = BATCH_SIZE
-    task = digits.Digits(config)
+    task = digits.make_task(config)
     task.tx = optax.sgd(0.05)
     c = config
     step = task.dp.lift(diffusion.make_train_step(task.model, task.schedule, task.tx, seed=c.seed,
                                                   prediction=c.diffusion.prediction,
                                                   cond_dropout=c.diffusion.cond_dropout, ema_decay=c.train.ema_decay),
                         ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
-    data = task.train_data()
+    data = digits.train_data(config)
     me = jax.process_index()
     info = {"process_index": me, "process_count": jax.process_count(), "devices": jax.device_count(),
             "local_devices": jax.local_device_count(), "dp_devices": task.dp.num_devices}

@@ -356,3 +356,35 @@ def test_bad_arguments_are_named(ckpt_dir):
         ckpt.save(1, make_state())
         with pytest.raises(TypeError, match="abstract_state leaf 'params/Dense_0/kernel'"):
             ckpt.restore(make_state().replace(params={"Dense_0": {"kernel": object(), "bias": jnp.zeros(4)}}))
+
+
+@pytest.mark.parametrize("error", [OSError(5, "Input/output error"), PermissionError(13, "Permission denied"),
+                                   TimeoutError("read timed out"), TypeError("a bug in the caller")],
+                         ids=lambda e: type(e).__name__)
+def test_an_error_that_is_not_damage_raises_instead_of_falling_back(ckpt_dir, monkeypatch, error):
+    # A transient file-system error (or a bug) on the newest step must not resume an older step: the next save
+    # would then move the newer, possibly good, step aside.
+    old, new = make_state(seed=1, step=1), make_state(seed=2, step=2)
+    save_steps(ckpt_dir, {1: old, 2: new})
+    before = listing(ckpt_dir)
+
+    def failing_restore(self, step, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", failing_restore)
+    with Checkpointer(ckpt_dir) as ckpt:
+        with pytest.raises(type(error)):
+            ckpt.restore(abstract_of(old))
+        assert ckpt._damaged_steps == set()  # nothing is marked to be moved aside by the next save
+    assert listing(ckpt_dir) == before
+
+
+def test_restore_latest_names_the_missing_directory_and_creates_nothing(tmp_path):
+    from diffusion_jax.checkpoint import restore_latest
+    missing = tmp_path / "run" / "checkpoints"
+    with pytest.raises(FileNotFoundError, match=f"no checkpoint in {missing} train first"):
+        restore_latest(missing, abstract_of(make_state()), hint="train first")
+    assert not (tmp_path / "run").exists()
+    save_steps(tmp_path / "ck", {3: make_state(step=3)})
+    step, state = restore_latest(tmp_path / "ck", abstract_of(make_state()), hint="")
+    assert step == 3 and int(state.step) == 3

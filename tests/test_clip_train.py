@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from diffusion_jax.config import load_config
+from diffusion_jax.config import ConfigError, load_config
 from diffusion_jax.data import captioned_digits as cd
 from diffusion_jax.data import pipeline
 from diffusion_jax.parallel import DataParallel
@@ -69,20 +69,19 @@ def test_embed_mode_writes_normalised_embeddings_in_order(trained, tmp_path):
 
 def test_embed_texts_errors_name_the_prompt(trained):
     config, workdir = trained
-    task = clip.ClipTask(config, workdir)
-    params = clip.load_state(task, workdir).ema_params
+    encoder = clip.load(config, workdir)
     with pytest.raises(ValueError, match="''"):
-        clip.embed_texts(task, params, [""])
+        encoder.embed_texts([""])
     with pytest.raises(ValueError, match="zebra"):
-        clip.embed_texts(task, params, ["zebra giraffe"])
+        encoder.embed_texts(["zebra giraffe"])
     with pytest.warns(UserWarning, match="purple"):
-        clip.embed_texts(task, params, ["a purple 3 in the center"])
+        encoder.embed_texts(["a purple 3 in the center"])
 
 
 @pytest.mark.parametrize("loss", ["infonce", "sigmoid"])
 def test_clip_step_eight_devices_equals_one_device(trained, loss):
     config, workdir = trained
-    task = clip.ClipTask(config, workdir)
+    task = clip.ClipTask(config, clip.load_tokenizer(workdir))
     task.tx = optax.sgd(0.5)  # plain SGD: Adam's normalisation would hide a wrongly scaled gradient
     data = {k: v[:16] for k, v in task.data("train").items() if k in ("image", "ids", "mask")}
     init = jax.jit(task.init_state)()
@@ -105,3 +104,41 @@ def test_clip_step_eight_devices_equals_one_device(trained, loss):
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(ref_state.params),
                                                                jax.tree.leaves(init.params)))
     assert moved > 1e-3
+
+
+def test_weight_decay_reaches_kernels_only():
+    from diffusion_jax.trainers.state import decay_mask, make_optimizer
+    config = load_config(TINY)
+    task = clip.ClipTask(config, clip.build_tokenizer(config))
+    params = jax.jit(task.init_state)().params
+    mask = decay_mask(params)
+    flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_flatten_with_path(mask)[0]}
+    assert flat["['params']['logit_scale']"] is False and flat["['params']['logit_bias']"] is False
+    assert any(k.endswith("['kernel']") for k in flat) and all(m == k.endswith("['kernel']") for k, m in flat.items())
+    # With zero gradients only weight decay moves a parameter: kernels shrink, everything else stays put.
+    tx = make_optimizer(learning_rate=0.1, warmup_steps=1, num_steps=10, weight_decay=0.5, grad_clip=1.0)
+    opt_state = tx.init(params)
+    zeros = jax.tree.map(np.zeros_like, params)
+    for _ in range(2):
+        updates, opt_state = tx.update(zeros, opt_state, params)
+    moved = jax.tree.map(lambda u: bool(np.any(np.asarray(u) != 0)), updates)
+    assert jax.tree.leaves(moved) == jax.tree.leaves(mask)
+
+
+def test_clip_config_is_validated_before_anything_is_written(tmp_path):
+    config = load_config(TINY)
+    config.train.loss = "triplet"
+    with pytest.raises(ConfigError, match="config.train.loss='triplet'"):
+        clip.train(config, str(tmp_path / "run"))
+    config = load_config(TINY)
+    config.data.train_copies = 30
+    with pytest.raises(ConfigError, match="config.data.train_copies=30"):
+        clip.train(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_config_module_imports_nothing_of_the_package():
+    code = ("import sys, diffusion_jax.config; "
+            "print(sorted(m for m in sys.modules if m.startswith('diffusion_jax.') and m != 'diffusion_jax.config'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

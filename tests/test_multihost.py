@@ -19,7 +19,7 @@ from diffusion_jax import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "multihost_worker.py")
-TIMEOUT = 300
+TIMEOUT = int(os.environ.get("MULTIHOST_TIMEOUT", "300"))
 
 
 def _gloo_missing() -> str:
@@ -193,3 +193,31 @@ def test_main_refuses_an_impossible_process_id(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "--process_id=2 must be below --num_processes=2" in proc.stderr, proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+CHECKPOINT_WORKER = os.path.join(ROOT, "tests", "multihost_checkpoint_worker.py")
+
+
+@pytest.mark.parametrize("inject", ["damaged", "oserror"])
+def test_two_processes_agree_on_the_restored_step(tmp_path, inject):
+    """Damage visible to process 1 only: both skip the step; an OSError on process 1 only: both raise."""
+    reason = _gloo_missing()
+    if reason:
+        pytest.skip(reason)
+    address = f"127.0.0.1:{_free_port()}"
+    workers = []
+    for i in range(2):
+        cmd = [sys.executable, CHECKPOINT_WORKER, f"--dir={tmp_path / 'ckpt'}", f"--inject={inject}",
+               f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"]
+        log = tempfile.TemporaryFile("w+")
+        workers.append((subprocess.Popen(cmd, cwd=ROOT, env=_env(1), stdout=log, stderr=subprocess.STDOUT,
+                                         text=True), log))
+    results = _finish(workers)
+    assert len(results) == 2, results
+    if inject == "damaged":
+        assert results == [{"restored": 1, "w": 1.0}] * 2  # process 0 could read step 2, but both use step 1
+    else:
+        assert "OSError" in results[1]["error"] and "injected I/O error" in results[1]["error"], results
+        assert "RuntimeError" in results[0]["error"] and "process(es) [1]" in results[0]["error"], results
+        assert "not checkpoint damage" in results[0]["error"]
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["1", "2"]  # nothing moved aside or deleted

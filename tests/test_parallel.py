@@ -9,20 +9,20 @@ import pytest
 from diffusion_jax.data import pipeline
 from diffusion_jax.parallel import DataParallel
 from diffusion_jax.trainers import diffusion
-from diffusion_jax.trainers.digits import Digits
+from diffusion_jax.trainers import digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from diffusion_jax.config import load_config
 
 
-def _run_steps(task: Digits, dp: DataParallel, num_steps: int = 3, loss_weighting: str = "none"):
+def _run_steps(task: diffusion.DiffusionTask, dp: DataParallel, num_steps: int = 3, loss_weighting: str = "none"):
     c = task.config
     step = dp.lift(diffusion.make_train_step(task.model, task.schedule, task.tx, seed=c.seed,
                                              prediction=c.diffusion.prediction,
                                              cond_dropout=c.diffusion.cond_dropout, ema_decay=c.train.ema_decay,
                                              loss_weighting=loss_weighting),
                    ("replicated", "sharded"), ("replicated", "replicated"))
-    data = task.train_data()
+    data = digits.train_data(task.config)
     state = dp.replicate(jax.jit(task.init_state)())
     metrics_seen = []
     for s in range(num_steps):
@@ -35,7 +35,7 @@ def _run_steps(task: Digits, dp: DataParallel, num_steps: int = 3, loss_weightin
 def task():
     assert jax.local_device_count() == 8, "tests/conftest.py should give 8 fake CPU devices"
     config = load_config(os.path.join(ROOT, "experiments/digits.py:tiny"))
-    task = Digits(config)
+    task = digits.make_task(config)
     # Plain SGD for the comparison: Adam divides by sqrt(v) + 1e-8, so for near-zero gradients it turns float
     # reduction-order noise into full-size updates and no two summation orders agree. SGD keeps the comparison tight.
     task.tx = optax.sgd(0.05)
@@ -81,10 +81,10 @@ def test_sampling_spread_over_devices_equals_one_device(task, one_device, mode):
     params = one_device[0].ema_params
     labels = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 3, 9], np.int32)  # 12: not a multiple of 8, so padding is used
     dp1 = DataParallel("shard_map", jax.local_devices()[:1])
-    single = task.sampler().__class__(dp1, task.model, task.schedule, (32, 32, 1), sampler="ddim", steps=3, eta=0.5,
+    single = diffusion.Sampler(dp1, task.model, task.schedule, (32, 32, 1), sampler="ddim", steps=3, eta=0.5,
                                       prediction="eps", batch_size=12)
     dp8 = DataParallel(mode)
-    multi = task.sampler().__class__(dp8, task.model, task.schedule, (32, 32, 1), sampler="ddim", steps=3, eta=0.5,
+    multi = diffusion.Sampler(dp8, task.model, task.schedule, (32, 32, 1), sampler="ddim", steps=3, eta=0.5,
                                      prediction="eps", batch_size=8)
     a = single(dp1.replicate(params), labels, seed=3, guidance=2.0)
     b = multi(dp8.replicate(params), labels, seed=3, guidance=2.0)

@@ -274,7 +274,7 @@ def untrained_run(tmp_path_factory):
         return np.zeros(leaf.shape, leaf.dtype)
 
     workdir = str(tmp_path_factory.mktemp("untrained"))
-    abstract = jax.eval_shape(digits.Digits(load_config(TINY)).init_state)
+    abstract = jax.eval_shape(digits.make_task(load_config(TINY)).init_state)
     state = jax.tree.map(random_leaf, abstract).replace(step=np.int32(3))
     with Checkpointer(os.path.join(workdir, "checkpoints")) as checkpointer:
         checkpointer.save(3, state)
@@ -381,7 +381,9 @@ def test_evaluate_copies_sampling_speed_into_eval_json(tmp_path, monkeypatch):
     path = str(tmp_path / "samples" / "samples.npz")
     labels = np.repeat(np.arange(10), 2)
     speed = {"sampling_seconds": 2.5, "images_per_second": 8.0, "steps": 5}
-    digits._write_samples(path, np.zeros((20, 32, 32, 1), np.float32), labels, list(range(10)), speed)
+    from diffusion_jax.images import write_samples
+    write_samples(path, np.zeros((20, 32, 32, 1), np.uint8), {"labels": labels}, speed,
+                  [np.flatnonzero(labels == d) for d in range(10)])
     result = digits.evaluate(load_config(TINY), str(tmp_path))
     assert result["sampling_seconds"] == 2.5 and result["images_per_second"] == 8.0 and "steps" not in result
     assert json.load(open(tmp_path / "eval.json"))["sampling_seconds"] == 2.5

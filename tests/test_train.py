@@ -33,7 +33,7 @@ def _finish(proc, timeout=400):
 
 
 def _restore(workdir):
-    task = digits.Digits(load_config(TINY))
+    task = digits.make_task(load_config(TINY))
     with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
         return ckpt.restore(jax.eval_shape(task.init_state))
 
@@ -163,11 +163,11 @@ def test_config_validation_in_process():
     config = load_config(TINY)
     config.sample.steps = 500  # more than the 100 training timesteps of the tiny preset
     with pytest.raises(ConfigError, match="sample.steps"):
-        digits.Digits(config)
+        digits.validate_config(config)
     config = load_config(TINY)
     config.diffusion.loss_weighting = "snr"
     with pytest.raises(ConfigError, match="diffusion.loss_weighting"):
-        digits.Digits(config)
+        digits.validate_config(config)
     with pytest.raises(ConfigError, match="preset|does not exist"):
         load_config(os.path.join(ROOT, "experiments/nope.py"))
 
@@ -182,7 +182,7 @@ def test_tfds_source_through_the_config_on_mock_data(tmp_path):
     config.data.source = "tfds"
     config.data.tfds_data_dir = str(tmp_path)
     with tfds.testing.mock_data(num_examples=12, data_dir=str(tmp_path)):
-        data = digits.Digits(config).train_data()
+        data = digits.train_data(config)
     assert data["image"].shape == (12, 32, 32, 1) and data["image"].dtype == np.float32
     assert data["image"].min() >= -1 and data["image"].max() <= 1 and data["cond"].shape == (12,)
 

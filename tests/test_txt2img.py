@@ -203,7 +203,7 @@ def test_bad_prompts_are_clear_errors(e2e):
     assert code == 2 and "prompt 1 is empty" in out
     code, out = _main(workdir, "--config.sample.prompts=zebra quokka", mode="sample")
     assert code == 2 and "zebra" in out and "only unknown words" in out
-    task = txt2img.TextToImage(load_config(TINY), workdir)
+    task = txt2img.TextToImage.load(load_config(TINY), workdir)
     with pytest.raises(txt2img.PromptError, match="empty"):
         task.prompt_condition(["a red 3", "  "])
     with warnings.catch_warnings(record=True) as caught:
@@ -212,3 +212,38 @@ def test_bad_prompts_are_clear_errors(e2e):
     assert cond["pooled"].shape[0] == 1
     assert any(issubclass(w.category, TokenizerWarning) and "wearing" in str(w.message) and "hat" in str(w.message)
                for w in caught)
+
+
+def test_generate_and_the_text_tower_compile_once_per_shape(e2e, monkeypatch):
+    """Repeated `generate` calls reuse one compiled sampler per chunk size, and the CLIP encoder pads remainders."""
+    workdir, _ = e2e
+    traces = []
+    sample = samplers.sample
+
+    def counting_sample(*args, **kwargs):  # runs once per trace of a sampler, never per call of a compiled one
+        traces.append(kwargs["steps"])
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(diffusion.samplers, "sample", counting_sample)
+    model = txt2img.TextToImage.load(load_config(TINY), workdir)
+    state = model.load_state(workdir)
+    first = txt2img.generate(model, state, ["a red 3 in the top left"] * 3, seed=0)
+    again = txt2img.generate(model, state, ["a red 3 in the top left"] * 3, seed=0, guidance=5.0)
+    four = txt2img.generate(model, state, ["a blue 7 in the center"] * 4, seed=0)
+    assert first.shape == (3, 32, 32, 3) and four.shape == (4, 32, 32, 3) and not np.array_equal(first, again)
+    assert len(traces) == 1, traces  # 3 and 4 prompts share the chunk of 4; guidance is traced, not static
+    encoder = model.encoder
+    ids, mask = encoder.tokenizer.encode(["a red 3 in the top left"] * 7)
+    before = encoder._text._cache_size()
+    full = encoder.text(ids, mask)
+    for n in (5, 6, 7):  # all in the bucket of 8
+        pooled, tokens = encoder.text(ids[:n], mask[:n])
+        np.testing.assert_allclose(pooled, full[0][:n], atol=1e-6)
+        assert tokens.shape[0] == n
+    assert encoder._text._cache_size() - before == 1
+
+
+def test_loading_without_a_trained_clip_names_it_and_creates_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"no CLIP in {tmp_path / 'run' / 'clip'}"):
+        txt2img.TextToImage.load(load_config(TINY), str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")

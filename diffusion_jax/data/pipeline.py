@@ -160,3 +160,31 @@ def _leading_size(key: str, value: np.ndarray) -> int:
     if not np.shape(value):
         raise ValueError(f'Array {key!r} is a scalar; it has no batch axis to split.')
     return np.shape(value)[0]
+
+
+def bucket_size(n: int, maximum: int) -> int:
+    """The chunk size for `n` items: the next power of two >= n, at most `maximum`.
+
+    Callers pad every chunk to this size, so a jitted function compiles once per bucket (at most log2(maximum) + 1
+    shapes) instead of once per remainder size.
+    """
+    if n < 1 or maximum < 1:
+        raise ValueError(f"bucket_size needs n >= 1 and maximum >= 1, got n={n}, maximum={maximum}")
+    return min(1 << (n - 1).bit_length(), maximum)
+
+
+def padded_chunks(arrays, chunk: int) -> Iterator:
+    """Splits a pytree of [N, ...] arrays into chunks of exactly `chunk` examples, the last one zero-padded.
+
+    Yields `(chunk_tree, count)`: `count` of the chunk's examples are real; the rest are padding to drop.
+    """
+    import jax  # only the tree utilities: this module is otherwise NumPy-only
+    leaves = jax.tree.leaves(arrays)
+    n = len(leaves[0])
+    for start in range(0, n, chunk):
+        count = min(chunk, n - start)
+
+        def take(a, start=start, count=count):
+            a = np.asarray(a)[start:start + count]
+            return np.concatenate([a, np.zeros((chunk - count,) + a.shape[1:], a.dtype)]) if count < chunk else a
+        yield jax.tree.map(take, arrays), count

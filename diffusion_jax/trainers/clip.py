@@ -1,27 +1,29 @@
 """CLIP on captioned digits (phase 3): contrastive training, zero-shot evaluation, retrieval, embeddings.
 
 Reuses the shared loop, checkpoints and data-parallel lift of the digits task. The tokenizer is built from the
-training captions and saved beside the checkpoints (`workdir/tokenizer.json`); a resumed run reloads it.
+training captions and saved beside the checkpoints (`workdir/tokenizer.json`) by `train`; a resumed run, and every
+user of a trained CLIP (`load`), reloads it. `ClipTask` does no I/O: it is given its tokenizer.
 """
 import itertools
 import json
 import os
-from typing import Optional
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from jax import lax
 
+from diffusion_jax import config as config_lib
+from diffusion_jax.checkpoint import restore_latest
+from diffusion_jax.config import ConfigError
 from diffusion_jax.data import captioned_digits as cd
-from diffusion_jax.data import pipeline
+from diffusion_jax.data import mnist, pipeline
 from diffusion_jax.models.clip import CLIP
-from diffusion_jax.parallel import AXIS, DataParallel
+from diffusion_jax.parallel import AXIS, MODES, DataParallel
 from diffusion_jax.text.tokenizer import Tokenizer
 from diffusion_jax.trainers import loop
-from diffusion_jax.config import ConfigError
 from diffusion_jax.trainers.contrastive import infonce_loss, sigmoid_loss
 from diffusion_jax.trainers.state import TrainState, apply_gradients, make_optimizer
 
@@ -33,30 +35,58 @@ def to_model_images(images_uint8: np.ndarray) -> np.ndarray:
     return images_uint8.astype(np.float32) / 127.5 - 1.0
 
 
-class ClipTask:
-    """Model, tokenizer, optimizer and data-parallel plumbing described by a CLIP config and its workdir."""
+LOSSES = ("infonce", "sigmoid")
+TOKENIZER_FILE = "tokenizer.json"
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks every value the CLIP task reads; raises ConfigError naming the first bad key."""
+    config_lib.check_choice(config, "data.source", mnist.SOURCES)
+    config_lib.check_choice(config, "train.loss", LOSSES)
+    config_lib.check_choice(config, "train.parallel", MODES)
+    config_lib.check_number(config, "data.train_copies", 1, 25)  # a digit has 25 colour x layout combinations
+    config_lib.check_number(config, "data.max_shift", 0)
+    for key in ("model.max_length", "model.embed_dim", "model.text_width", "model.text_layers", "model.text_heads",
+                "model.norm_groups", "train.num_steps", "train.batch_size", "train.log_every",
+                "train.checkpoint_every", "train.max_to_keep"):
+        config_lib.check_number(config, key)
+    for key in ("train.learning_rate", "train.grad_clip"):
+        config_lib.check_number(config, key, minimum=1e-12)
+    for key in ("train.warmup_steps", "train.weight_decay"):
+        config_lib.check_number(config, key, minimum=0)
+    config_lib.check_number(config, "train.ema_decay", 0.0, 1.0)
+    if not config.model.image_channels or any(int(ch) < 1 for ch in config.model.image_channels):
+        raise ConfigError(f"config.model.image_channels={tuple(config.model.image_channels)!r} must be positive widths")
+
+
+def build_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+    """The vocabulary of the training captions and every canonical prompt (renders the training captions)."""
+    captions = cd.make_dataset("train", seed=config.seed, source=config.data.source)["caption"]
+    prompts = [cd.canonical_caption(d, c, l, numeral=n) for d, c, l, n in
+               itertools.product(range(10), cd.COLORS, cd.LAYOUTS, (True, False))]
+    return Tokenizer.build(list(captions) + prompts, max_length=config.model.max_length)
+
+
+def load_tokenizer(workdir: str) -> Tokenizer:
+    """The tokenizer saved by `train` in a CLIP workdir; FileNotFoundError naming the workdir if there is none."""
+    path = os.path.join(workdir, TOKENIZER_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no CLIP in {workdir} (no {TOKENIZER_FILE}): train it first with --mode=train")
+    return Tokenizer.load(path)
+
+
+class ClipTask:
+    """Model, optimizer and data-parallel plumbing described by a (validated) CLIP config and its tokenizer."""
+
+    def __init__(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer):
         self.config = config
+        self.tokenizer = tokenizer
         self.dp = DataParallel(config.train.parallel)
-        path = os.path.join(workdir, "tokenizer.json")
-        if os.path.exists(path):
-            self.tokenizer = Tokenizer.load(path)
-        else:
-            captions = cd.make_dataset("train", seed=config.seed, source=config.data.source)["caption"]
-            prompts = [cd.canonical_caption(d, c, l, numeral=n) for d, c, l, n in
-                       itertools.product(range(10), cd.COLORS, cd.LAYOUTS, (True, False))]
-            self.tokenizer = Tokenizer.build(list(captions) + prompts, max_length=config.model.max_length)
-            if jax.process_index() == 0:
-                self.tokenizer.save(path)
         m = config.model
-        self.model = CLIP(vocab_size=self.tokenizer.vocab_size, max_length=m.max_length, embed_dim=m.embed_dim,
+        self.model = CLIP(vocab_size=tokenizer.vocab_size, max_length=m.max_length, embed_dim=m.embed_dim,
                           image_channels=tuple(m.image_channels), text_width=m.text_width,
                           text_layers=m.text_layers, text_heads=m.text_heads, norm_groups=m.norm_groups,
-                          factorize_color=m.get("factorize_color", False))
-        # Encoders jitted once per task: evaluation and embedding reuse them instead of re-tracing per call.
-        self.encode_image = jax.jit(lambda p, x: self.model.apply(p, x, method=CLIP.encode_image))
-        self.encode_text = jax.jit(lambda p, i, m: self.model.apply(p, i, m, method=CLIP.encode_text))
+                          factorize_color=m.factorize_color)
         t = config.train
         self.tx = make_optimizer(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, num_steps=t.num_steps,
                                  weight_decay=t.weight_decay, grad_clip=t.grad_clip)
@@ -72,32 +102,22 @@ class ClipTask:
 
         'train' has `config.data.train_copies` examples per training digit (each a different colour and layout).
         """
-        copies = self.config.data.get("train_copies", 2)
-        if split == "train" and not 1 <= copies <= 25:
-            raise ConfigError(f"config.data.train_copies={copies} must be in [1, 25] (a digit has 25 allowed "
-                              f"colour x layout combinations)")
-        raw = cd.make_dataset(split, seed=self.config.seed if split == "train" else self.config.seed + 1,
-                              source=self.config.data.source,
-                              num_examples=copies * self.num_train_digits() if split == "train" else None)
+        c = self.config
+        num_train = c.data.train_copies * len(mnist.load_mnist(c.data.source, "train")[1]) if split == "train" else None
+        raw = cd.make_dataset(split, seed=c.seed if split == "train" else c.seed + 1, source=c.data.source,
+                              num_examples=num_train)
         ids, mask = self.tokenizer.encode(list(raw["caption"]))
         images = to_model_images(raw["image"]) if model_images else raw["image"]
         return {"image": images, "ids": ids, "mask": mask, "digit": raw["digit"],
                 "color": raw["color"], "layout": raw["layout"], "heldout_combo": raw["heldout_combo"]}
-
-    def num_train_digits(self) -> int:
-        from diffusion_jax.data.mnist import load_mnist
-        return len(load_mnist(self.config.data.source, "train")[1])
 
     def train_batch(self, data: dict, step: int) -> dict:
         """Batch `step` of the seeded stream of uint8 `data`, shift-augmented (`config.data.max_shift`), as model
         inputs. A pure function of (seed, step), so a resumed run sees the same augmented batches."""
         c = self.config
         b = pipeline.get_batch(data, c.train.batch_size, c.seed, step)
-        images = cd.random_shift(b["image"], c.data.get("max_shift", 0), np.random.default_rng([c.seed, step, 7]))
+        images = cd.random_shift(b["image"], c.data.max_shift, np.random.default_rng([c.seed, step, 7]))
         return dict(b, image=to_model_images(images))
-
-
-LOSSES = ("infonce", "sigmoid")
 
 
 def make_train_step(model: CLIP, tx: optax.GradientTransformation, ema_decay: float, loss_name: str = "infonce"):
@@ -124,7 +144,18 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, ema_decay: fl
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    task = ClipTask(config, workdir)
+    """Trains (or resumes) CLIP in `workdir`: builds and saves the tokenizer on the first run, reloads it after;
+    evaluates if `train.final_eval`. Returns the host state."""
+    validate_config(config)
+    path = os.path.join(workdir, TOKENIZER_FILE)
+    if os.path.exists(path):
+        tokenizer = Tokenizer.load(path)
+    else:
+        tokenizer = build_tokenizer(config)
+        if jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            tokenizer.save(path)
+    task = ClipTask(config, tokenizer)
     data = {k: v for k, v in task.data("train", model_images=False).items() if k in ("image", "ids", "mask")}
     t = config.train
     step = task.dp.lift(make_train_step(task.model, task.tx, t.ema_decay, t.loss), ("replicated", "sharded"),
@@ -134,47 +165,68 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                             num_steps=t.num_steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
                             max_to_keep=t.max_to_keep, progress=t.progress, description="clip")
     if t.final_eval:
-        evaluate(config, workdir, state=state, task=task)
+        _evaluate(config, workdir, Encoder(task, state.ema_params))
     return state
-
-
-def _embed(task: ClipTask, params, images: Optional[np.ndarray] = None, ids=None, mask=None, batch: int = 500):
-    fn = task.encode_image if images is not None else (lambda p, i, m: task.encode_text(p, i, m)[0])
-    n = len(images) if images is not None else len(ids)
-    out = []
-    for s in range(0, n, batch):
-        out.append(np.asarray(fn(params, images[s:s + batch]) if images is not None else
-                              fn(params, ids[s:s + batch], mask[s:s + batch])))
-    return np.concatenate(out)
 
 
 def load_state(task: ClipTask, workdir: str) -> TrainState:
     """The latest good CLIP train state in `workdir` (FileNotFoundError naming the folder if there is none)."""
-    from diffusion_jax.checkpoint import Checkpointer
-    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
-        restored = ckpt.restore(jax.eval_shape(task.init_state))
-    if restored is None:
-        raise FileNotFoundError(f"no CLIP checkpoint in {workdir}/checkpoints: train first (--mode=train)")
-    return restored[1]
+    return restore_latest(os.path.join(workdir, "checkpoints"), jax.eval_shape(task.init_state),
+                          hint="(CLIP): train CLIP first (--mode=train)")[1]
 
 
-def embed_texts(task: ClipTask, params, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Texts -> (pooled L2-normalised [T, D], token embeddings [T, L, width], mask [T, L]).
+class Encoder:
+    """A trained CLIP's two towers for inference: texts and images in, embeddings out (host arrays).
 
-    Tokenizer errors name the text: empty or non-string input, or a text made only of unknown words; unknown words
-    inside a good text are reported as a warning; over-long text is truncated with a warning.
+    The towers are jitted once per encoder, and inputs go through them in chunks padded to a fixed size
+    (`pipeline.bucket_size`: the next power of two, at most `chunk`), so any number of inputs compiles once per
+    bucket instead of once per remainder size.
     """
-    ids, mask = task.tokenizer.encode(list(texts))
-    pooled, tokens = task.encode_text(params, ids, mask)
-    return np.asarray(pooled), np.asarray(tokens), mask
+
+    def __init__(self, task: ClipTask, params, chunk: int = 500):
+        self.task, self.params, self.chunk = task, params, chunk
+        self.tokenizer = task.tokenizer
+        self._image = jax.jit(lambda p, x: task.model.apply(p, x, method=CLIP.encode_image))
+        self._text = jax.jit(lambda p, i, m: task.model.apply(p, i, m, method=CLIP.encode_text))
+
+    def _chunked(self, fn, arrays) -> Any:
+        n = len(jax.tree.leaves(arrays)[0])
+        out = [jax.tree.map(lambda a, k=count: np.asarray(a)[:k], fn(self.params, *chunk))
+               for chunk, count in pipeline.padded_chunks(arrays, pipeline.bucket_size(n, self.chunk))]
+        return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
+
+    def text(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids/mask [N, L] -> (pooled L2-normalised [N, D], token embeddings [N, L, width])."""
+        return self._chunked(self._text, (np.asarray(ids), np.asarray(mask)))
+
+    def images(self, images: np.ndarray) -> np.ndarray:
+        """Model images [N, 32, 32, 3] in [-1, 1] -> L2-normalised embeddings [N, D]."""
+        return self._chunked(self._image, (np.asarray(images, np.float32),))
+
+    def embed_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Texts -> (pooled L2-normalised [T, D], token embeddings [T, L, width], mask [T, L]).
+
+        Tokenizer errors name the text: empty or non-string input, or a text made only of unknown words; unknown
+        words inside a good text are reported as a warning; over-long text is truncated with a warning.
+        """
+        ids, mask = self.tokenizer.encode(list(texts))
+        pooled, tokens = self.text(ids, mask)
+        return pooled, tokens, mask
+
+    def embed_images(self, images_uint8: np.ndarray) -> np.ndarray:
+        """uint8 images [N, 32, 32, 3] -> L2-normalised embeddings [N, D]."""
+        images_uint8 = np.asarray(images_uint8)
+        if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[1:] != IMAGE_SHAPE:
+            raise ValueError(f"images must be uint8 [N, 32, 32, 3], got {images_uint8.dtype} {images_uint8.shape}")
+        return self.images(to_model_images(images_uint8))
 
 
-def embed_images(task: ClipTask, params, images_uint8: np.ndarray) -> np.ndarray:
-    """uint8 images [N, 32, 32, 3] -> L2-normalised embeddings [N, D]."""
-    images_uint8 = np.asarray(images_uint8)
-    if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"images must be uint8 [N, 32, 32, 3], got {images_uint8.dtype} {images_uint8.shape}")
-    return _embed(task, params, images=to_model_images(images_uint8))
+def load(config: ml_collections.ConfigDict, workdir: str) -> Encoder:
+    """The trained CLIP in `workdir` (its tokenizer and EMA weights) as an `Encoder`: for notebooks, `--mode=embed`,
+    evaluation and the frozen text tower of text to image. FileNotFoundError naming the workdir if it has none."""
+    validate_config(config)
+    task = ClipTask(config, load_tokenizer(workdir))
+    return Encoder(task, load_state(task, workdir).ema_params)
 
 
 def embed(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -185,22 +237,21 @@ def embed(config: ml_collections.ConfigDict, workdir: str) -> str:
         raise ConfigError("--mode=embed needs config.embed.texts_file and/or config.embed.images")
     if not str(e.output).endswith(".npz"):
         raise ConfigError(f"config.embed.output={e.output!r} must be a .npz path")
-    task = ClipTask(config, workdir)
-    params = load_state(task, workdir).ema_params
+    encoder = load(config, workdir)
     out = {}
     if e.texts_file:
         if not os.path.exists(e.texts_file):
             raise FileNotFoundError(f"config.embed.texts_file={e.texts_file!r} does not exist")
         with open(e.texts_file) as f:
             texts = [line.rstrip("\n") for line in f if line.strip()]
-        out["text_embeddings"] = embed_texts(task, params, texts)[0]
+        out["text_embeddings"] = encoder.embed_texts(texts)[0]
     if e.images:
         if not os.path.exists(e.images):
             raise FileNotFoundError(f"config.embed.images={e.images!r} does not exist")
         with np.load(e.images) as f:
             if "images" not in f:
                 raise ValueError(f"{e.images} has no 'images' array (got {sorted(f.files)})")
-            out["image_embeddings"] = embed_images(task, params, f["images"])
+            out["image_embeddings"] = encoder.embed_images(f["images"])
     if os.path.exists(e.output):
         raise FileExistsError(f"config.embed.output={e.output!r} exists; choose a new path (nothing overwritten)")
     os.makedirs(os.path.dirname(os.path.abspath(e.output)), exist_ok=True)
@@ -209,24 +260,25 @@ def embed(config: ml_collections.ConfigDict, workdir: str) -> str:
     return e.output
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, *, state: Optional[TrainState] = None,
-             task: Optional[ClipTask] = None) -> dict:
-    """Zero-shot digit/colour/layout accuracy (300-way canonical prompts) on held-out images, seen vs held-out pairs."""
-    task = task or ClipTask(config, workdir)
-    params = (state or load_state(task, workdir)).ema_params
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Zero-shot digit/colour/layout accuracy (300-way canonical prompts) on held-out images, seen vs held-out pairs,
+    and retrieval recall; writes `workdir/eval.json`."""
+    return _evaluate(config, workdir, load(config, workdir))
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir: str, encoder: Encoder) -> dict:
     combos = list(itertools.product(range(10), range(len(cd.COLORS)), range(len(cd.LAYOUTS))))
     prompts = [cd.canonical_caption(d, cd.COLORS[c], cd.LAYOUTS[l]) for d, c, l in combos]
-    ids, mask = task.tokenizer.encode(prompts)
-    text = _embed(task, params, ids=ids, mask=mask)
-    ev = task.data("test")
-    images = _embed(task, params, images=ev["image"])
+    text = encoder.embed_texts(prompts)[0]
+    ev = encoder.task.data("test")
+    images = encoder.images(ev["image"])
     pred = np.asarray(combos)[np.argmax(images @ text.T, axis=1)]
     result = {}
     for name, subset in (("seen", ~ev["heldout_combo"]), ("heldout", ev["heldout_combo"])):
         for i, attr in enumerate(("digit", "color", "layout")):
             result[f"{name}_{attr}_accuracy"] = float(np.mean(pred[subset, i] == ev[attr][subset]))
     # Retrieval on the held-out set with each image's own caption: is the paired item among the top k?
-    captions = _embed(task, params, ids=ev["ids"], mask=ev["mask"])
+    captions = encoder.text(ev["ids"], ev["mask"])[0]
     sim = images @ captions.T
     for direction, s in (("image_to_text", sim), ("text_to_image", sim.T)):
         rank = np.sum(s > np.diag(s)[:, None], axis=1)  # how many items beat the true pair

@@ -1,14 +1,17 @@
 """Noise-prediction diffusion training and sampling under a condition: a class label (phases 1, 2) or a text (4).
 
 `make_train_step` is the one per-device train step (lifted by `DataParallel`); `make_sampler` the one per-device
-sampler (a `lax.scan` chain with classifier-free guidance). Both are pure; files and logs live in the task modules.
+sampler (a `lax.scan` chain with classifier-free guidance). Both are pure. `DiffusionTask` is the one task built
+on them (model, schedule, optimizer, lifted step, cached samplers, state loader, training through the shared loop);
+the task modules (`digits.py`, `txt2img.py`) only bring the data, the condition and their evaluation.
 
 The condition is any pytree whose leaves have a leading batch axis: int labels [B] for digits, the frozen CLIP
 text tower's outputs {'tokens': [B, L, W], 'mask': [B, L], 'pooled': [B, D]} for text. `null_cond` is ONE example's
 "no condition" (the null class, or the empty caption's embeddings): classifier-free guidance drops to it in training
 and guides away from it in sampling. One code path serves both conditionings.
 """
-from typing import Any, Callable, Optional
+import os
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,10 +19,16 @@ import numpy as np
 import optax
 from jax import lax
 
+from diffusion_jax import config as config_lib
+from diffusion_jax.checkpoint import restore_latest
+from diffusion_jax.config import ConfigError
+from diffusion_jax.data import mnist, pipeline
 from diffusion_jax.diffusion import losses, samplers, schedules
+from diffusion_jax.images import save_grid
 from diffusion_jax.models.unet import UNet
-from diffusion_jax.parallel import AXIS, DataParallel
-from diffusion_jax.trainers.state import TrainState, apply_gradients
+from diffusion_jax.parallel import AXIS, MODES, DataParallel
+from diffusion_jax.trainers import loop
+from diffusion_jax.trainers.state import TrainState, apply_gradients, make_optimizer
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -160,3 +169,135 @@ class Sampler:
                                          "key": all_keys[start:start + chunk]})
             out.append(self.dp.gather_batch(self._draw(params, batch["cond"], batch["key"], g)))
         return np.concatenate(out)[:n]
+
+
+def validate_diffusion_config(config, *, image_size: int, positive: Sequence[str] = ()) -> None:
+    """Checks the keys every diffusion task reads (`DiffusionTask`), plus the task's own `positive` integer keys."""
+    check = config_lib
+    check.check_choice(config, "data.source", mnist.SOURCES)
+    check.check_choice(config, "diffusion.schedule", schedules.SCHEDULES)
+    check.check_choice(config, "diffusion.prediction", schedules.PREDICTIONS)
+    check.check_choice(config, "diffusion.loss_weighting", schedules.LOSS_WEIGHTINGS)
+    check.check_choice(config, "sample.sampler", samplers.SAMPLERS)
+    check.check_choice(config, "train.parallel", MODES)
+    check.check_choice(config, "model.dtype", tuple(_DTYPES))
+    for key in ("diffusion.num_steps", "train.num_steps", "train.batch_size", "train.log_every",
+                "train.checkpoint_every", "train.max_to_keep", "sample.steps", "sample.batch_size",
+                "model.num_res_blocks", "model.patch_size", "model.num_heads", "model.norm_groups",
+                "eval.classifier_steps", *positive):
+        check.check_number(config, key)
+    for key in ("train.learning_rate", "train.grad_clip", "diffusion.snr_gamma"):
+        check.check_number(config, key, minimum=1e-12)
+    for key in ("train.warmup_steps", "train.weight_decay", "train.sample_every", "sample.eta", "sample.guidance"):
+        check.check_number(config, key, minimum=0)
+    for key in ("diffusion.cond_dropout", "model.dropout", "train.ema_decay"):
+        check.check_number(config, key, minimum=0.0, maximum=1.0)
+    if not config.model.channels or any(int(ch) < 1 for ch in config.model.channels):
+        raise ConfigError(f"config.model.channels={tuple(config.model.channels)!r} must be positive widths")
+    if config.sample.steps > config.diffusion.num_steps:
+        raise ConfigError(f"config.sample.steps={config.sample.steps} exceeds the training timesteps "
+                          f"config.diffusion.num_steps={config.diffusion.num_steps}")
+    if image_size % (config.model.patch_size * 2 ** (len(config.model.channels) - 1)):
+        raise ConfigError(f"config.model.patch_size={config.model.patch_size} with {len(config.model.channels)} "
+                          f"levels does not divide the {image_size}x{image_size} images evenly")
+    check.check_npz_path(config, "sample.output")
+
+
+class DiffusionTask:
+    """The U-Net, schedule, optimizer and data-parallel plumbing one diffusion config describes, under a condition.
+
+    The condition is the parameter that tells the tasks apart: `null_cond` is ONE example's "no condition", and its
+    structure, shapes and dtypes are those of every example's condition. Digits pass the null class (`num_classes`
+    labels, `null_cond` defaulting to the label `num_classes`); text to image passes the empty caption's frozen text
+    embeddings (`num_classes=None`). The constructor does no I/O: data, CLIP and checkpoints are loaded by the
+    callers, once, and passed in as arrays. The config must have been validated (`validate_diffusion_config`).
+    """
+
+    def __init__(self, config, *, image_shape: Sequence[int], num_classes: Optional[int] = None,
+                 null_cond: Any = None):
+        if null_cond is None and num_classes is None:
+            raise ValueError("DiffusionTask needs num_classes (label condition) or null_cond (any other condition)")
+        self.config = config
+        self.image_shape = tuple(image_shape)
+        self.null_cond = np.int32(num_classes) if null_cond is None else null_cond
+        self.dp = DataParallel(config.train.parallel)
+        self.model = build_unet(config.model, num_classes=num_classes, out_channels=self.image_shape[-1],
+                                text=num_classes is None)
+        self.schedule = schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
+        t = config.train
+        self.tx = make_optimizer(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, num_steps=t.num_steps,
+                                 weight_decay=t.weight_decay, grad_clip=t.grad_clip)
+        self._samplers: dict[int, Sampler] = {}
+        self._train_step: Optional[Callable] = None
+
+    def init_state(self) -> TrainState:
+        """A fresh train state (parameters from `seed`; initialised on a 2-example batch, which is cheap)."""
+        x = np.zeros((2,) + self.image_shape, np.float32)
+        cond = jax.tree.map(lambda n: np.broadcast_to(np.asarray(n), (2,) + np.shape(n)), self.null_cond)
+        params = self.model.init(jax.random.key(self.config.seed), x, np.zeros(2, np.int32), cond)
+        return TrainState.create(params, self.tx)
+
+    def train_step(self) -> Callable:
+        """The lifted `(device_state, device_batch) -> (device_state, metrics)`, built (and compiled) once."""
+        if self._train_step is None:
+            c = self.config
+            self._train_step = self.dp.lift(
+                make_train_step(self.model, self.schedule, self.tx, seed=c.seed, prediction=c.diffusion.prediction,
+                                cond_dropout=c.diffusion.cond_dropout, loss_weighting=c.diffusion.loss_weighting,
+                                snr_gamma=c.diffusion.snr_gamma, ema_decay=c.train.ema_decay,
+                                null_cond=self.null_cond),
+                ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
+        return self._train_step
+
+    def sampler(self, batch_size: Optional[int] = None) -> "Sampler":
+        """The configured sampler drawing `batch_size` (default `sample.batch_size`) images per compiled call.
+
+        Cached by chunk size: asking again (any call site) reuses the compiled program instead of building a new jit.
+        """
+        s = self.config.sample
+        chunk = -(-(batch_size or s.batch_size) // self.dp.num_devices) * self.dp.num_devices
+        if chunk not in self._samplers:
+            self._samplers[chunk] = Sampler(self.dp, self.model, self.schedule, self.image_shape, sampler=s.sampler,
+                                            steps=s.steps, eta=s.eta, prediction=self.config.diffusion.prediction,
+                                            batch_size=chunk, null_cond=self.null_cond)
+        return self._samplers[chunk]
+
+    def sampler_for(self, n: int) -> "Sampler":
+        """The sampler for drawing `n` images: chunks of the next power of two >= n, at most `sample.batch_size`, so
+        calls with varying counts compile once per bucket, not once per count."""
+        return self.sampler(pipeline.bucket_size(n, self.config.sample.batch_size))
+
+    def load_state(self, workdir: str, hint: str) -> tuple[int, TrainState]:
+        """(step, state) of the newest good checkpoint in `workdir/checkpoints`; FileNotFoundError naming the folder
+        and `hint` (what to run first) when there is none. A checkpoint of another model is refused, leaves named."""
+        return restore_latest(os.path.join(workdir, "checkpoints"), jax.eval_shape(self.init_state), hint=hint)
+
+    def train(self, workdir: str, get_batch: Callable[[int], dict], *, grid_cond: Any = None,
+              grid_rows: Sequence[np.ndarray] = (), grid_titles: Optional[Sequence[str]] = None,
+              description: str = "train") -> TrainState:
+        """Trains (or resumes) in `workdir` through the shared loop; returns the final host state.
+
+        `get_batch(step)` is the global host batch {'image': [B,H,W,C] in [-1, 1], 'cond': pytree [B, ...]}. Every
+        `train.sample_every` steps the EMA model draws `grid_cond` into `workdir/samples/step_*.png` (rows as in
+        `save_grid`).
+        """
+        t = self.config.train
+        hooks = ()
+        if t.sample_every and grid_cond is not None:
+            sampler = self.sampler(len(jax.tree.leaves(grid_cond)[0]))
+
+            def sample_grid(step: int, device_state) -> None:
+                images = sampler(device_state.ema_params, grid_cond, seed=self.config.sample.seed,
+                                 guidance=self.config.sample.guidance)
+                if jax.process_index() == 0:
+                    save_grid(os.path.join(workdir, "samples", f"step_{step:06d}.png"),
+                              mnist.to_uint8_images(images), grid_rows, row_titles=grid_titles)
+            hooks = ((t.sample_every, sample_grid),)
+        return loop.train_loop(workdir=workdir, dp=self.dp, init_state=self.init_state, train_step=self.train_step(),
+                               get_batch=get_batch, num_steps=t.num_steps, log_every=t.log_every,
+                               checkpoint_every=t.checkpoint_every, max_to_keep=t.max_to_keep, hooks=hooks,
+                               progress=t.progress, description=description)
+
+    def params_for_sampling(self, state: TrainState) -> Any:
+        """The weights sampling uses (EMA if `sample.use_ema`), placed on the devices."""
+        return self.dp.replicate(state.ema_params if self.config.sample.use_ema else state.params)

@@ -12,7 +12,7 @@ Everything a run makes lives in its workdir:
 import json
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import ml_collections
@@ -20,146 +20,101 @@ import numpy as np
 from absl import logging
 
 from diffusion_jax import config as config_lib
-from diffusion_jax.checkpoint import Checkpointer
+from diffusion_jax.config import ConfigError
 from diffusion_jax.data import mnist, pipeline
-from diffusion_jax.diffusion import schedules
 from diffusion_jax.evaluation import classifier as classifier_lib
 from diffusion_jax.evaluation.digits import classifier_heldout_accuracy, evaluate_digit_samples
-from diffusion_jax.images import save_grid
-from diffusion_jax.parallel import DataParallel
-from diffusion_jax.trainers import diffusion, loop
-from diffusion_jax.trainers.state import TrainState, make_optimizer
+from diffusion_jax.images import info_path_of, write_samples
+from diffusion_jax.trainers import diffusion
+from diffusion_jax.trainers.state import TrainState
 
 IMAGE_SHAPE = (32, 32, 1)
 
 
-class Digits:
-    """The model, schedule, optimizer and data-parallel plumbing that one digits config describes."""
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks every value the digits task reads; raises ConfigError naming the first bad key."""
+    diffusion.validate_diffusion_config(config, image_size=IMAGE_SHAPE[0], positive=("sample.num_per_class",))
+    config_lib.check_npz_path(config, "eval.samples")
+    parse_labels(config.sample.labels)
 
-    def __init__(self, config: ml_collections.ConfigDict):
-        config_lib.validate_digits_config(config)
-        self.config = config
-        self.dp = DataParallel(config.train.parallel)
-        self.model = diffusion.build_unet(config.model, num_classes=mnist.NUM_CLASSES, out_channels=IMAGE_SHAPE[-1])
-        self.schedule = schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
-        t = config.train
-        self.tx = make_optimizer(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, num_steps=t.num_steps,
-                                 weight_decay=t.weight_decay, grad_clip=t.grad_clip)
 
-    def init_state(self) -> TrainState:
-        """A fresh train state (parameters from `seed`; initialised on a 2-example batch, which is cheap)."""
-        x = np.zeros((2,) + IMAGE_SHAPE, np.float32)
-        params = self.model.init(jax.random.key(self.config.seed), x, np.zeros(2, np.int32), np.zeros(2, np.int32))
-        return TrainState.create(params, self.tx)
+def parse_labels(text: str, key: str = "sample.labels") -> list[int]:
+    """'3,9' -> [3, 9]; '' -> all digits. A label outside 0-9 or a non-integer is a ConfigError naming it."""
+    if not str(text).strip():
+        return list(range(mnist.NUM_CLASSES))
+    labels = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            label = int(part)
+        except ValueError:
+            raise ConfigError(f"config.{key}: {part!r} is not a digit label; use comma-separated integers 0-9") from None
+        if not 0 <= label < mnist.NUM_CLASSES:
+            raise ConfigError(f"config.{key}: label {label} is outside 0-{mnist.NUM_CLASSES - 1}")
+        labels.append(label)
+    return labels
 
-    def sampler(self, batch_size: Optional[int] = None) -> diffusion.Sampler:
-        """The configured sampler, drawing `batch_size` (default `sample.batch_size`) images per compiled call."""
-        s = self.config.sample
-        return diffusion.Sampler(self.dp, self.model, self.schedule, IMAGE_SHAPE, sampler=s.sampler, steps=s.steps,
-                                 eta=s.eta, prediction=self.config.diffusion.prediction,
-                                 batch_size=batch_size or s.batch_size)
 
-    def train_data(self) -> dict:
-        c = self.config.data
-        images, labels = mnist.load_mnist(c.source, "train", tfds_data_dir=c.tfds_data_dir or None)
-        return {"image": mnist.to_model_images(images), "cond": labels}
+def make_task(config: ml_collections.ConfigDict) -> diffusion.DiffusionTask:
+    """The diffusion task of a (validated) digits config: the condition is the label, the null class is 10."""
+    return diffusion.DiffusionTask(config, image_shape=IMAGE_SHAPE, num_classes=mnist.NUM_CLASSES)
+
+
+def train_data(config: ml_collections.ConfigDict) -> dict:
+    """The training digits as model inputs: {'image': [N,32,32,1] in [-1, 1], 'cond': labels [N]}."""
+    c = config.data
+    images, labels = mnist.load_mnist(c.source, "train", tfds_data_dir=c.tfds_data_dir or None)
+    return {"image": mnist.to_model_images(images), "cond": labels}
 
 
 def _sample_path(config, workdir: str) -> str:
     return config.sample.output or os.path.join(workdir, "samples", "samples.npz")
 
 
-def _info_path(sample_path: str) -> str:
-    """The JSON beside a samples npz that says how it was drawn (`samples.npz` -> `samples.json`)."""
-    return sample_path[:-4] + ".json"
-
-
-def _write_samples(path: str, images: np.ndarray, labels: np.ndarray, digits: list[int], info: dict) -> None:
-    """Writes the npz, the PNG grid beside it (one row per digit) and `info` as JSON beside it; never overwrites an
-    existing result silently (the previous npz and its JSON are moved aside under the same time stamp)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    images_u8 = mnist.to_uint8_images(images)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, images=images_u8, labels=labels.astype(np.int64))
-    info_path = _info_path(path)
-    if os.path.exists(path):  # keep the previous result: a new sampling run must not destroy the last one
-        stamp = time.strftime("-%Y%m%d-%H%M%S")
-        os.replace(path, path[:-4] + stamp + ".npz")
-        if os.path.exists(info_path):
-            os.replace(info_path, path[:-4] + stamp + ".json")
-    elif os.path.exists(info_path):  # a JSON without its npz describes nothing that exists any more
-        os.remove(info_path)
-    os.replace(tmp, path)
-    with open(info_path + ".tmp", "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(info_path + ".tmp", info_path)
-    rows = [np.flatnonzero(labels == d) for d in digits]
-    save_grid(path[:-4] + ".png", images_u8, rows, row_titles=[str(d) for d in digits])
-
-
 def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Trains (or resumes) in `workdir`; then samples and evaluates if `train.final_sample`. Returns the host state."""
-    task = Digits(config)
-    data = task.train_data()
+    validate_config(config)
+    task = make_task(config)
+    data = train_data(config)
     t = config.train
-    train_step = task.dp.lift(
-        diffusion.make_train_step(task.model, task.schedule, task.tx, seed=config.seed,
-                                  prediction=config.diffusion.prediction, cond_dropout=config.diffusion.cond_dropout,
-                                  loss_weighting=config.diffusion.loss_weighting, snr_gamma=config.diffusion.snr_gamma,
-                                  ema_decay=t.ema_decay),
-        ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
-    grid_labels = np.repeat(np.arange(mnist.NUM_CLASSES), 4)
-    grid_sampler = task.sampler(batch_size=len(grid_labels)) if t.sample_every else None
-
-    def sample_grid(step: int, device_state) -> None:
-        images = grid_sampler(device_state.ema_params, grid_labels, seed=config.sample.seed, guidance=config.sample.guidance)
-        rows = [np.flatnonzero(grid_labels == d) for d in range(mnist.NUM_CLASSES)]
-        if jax.process_index() == 0:
-            save_grid(os.path.join(workdir, "samples", f"step_{step:06d}.png"), mnist.to_uint8_images(images), rows)
-
-    state = loop.train_loop(
-        workdir=workdir, dp=task.dp, init_state=task.init_state, train_step=train_step,
-        get_batch=lambda step: pipeline.get_batch(data, t.batch_size, config.seed, step), num_steps=t.num_steps,
-        log_every=t.log_every, checkpoint_every=t.checkpoint_every, max_to_keep=t.max_to_keep,
-        hooks=((t.sample_every, sample_grid),), progress=t.progress, description="digits")
+    grid_labels = np.repeat(np.arange(mnist.NUM_CLASSES, dtype=np.int32), 4)
+    state = task.train(workdir, lambda step: pipeline.get_batch(data, t.batch_size, config.seed, step),
+                       grid_cond=grid_labels, grid_rows=[np.flatnonzero(grid_labels == d) for d in range(10)],
+                       description="digits")
     if t.final_sample:
-        sample(config, workdir, state=state, task=task)
-        evaluate(config, workdir)
+        _sample(config, workdir, task, state)
+        _evaluate(config, workdir)
     return state
 
 
-def _load_state(task: Digits, workdir: str) -> tuple[int, TrainState]:
+def load_state(task: diffusion.DiffusionTask, workdir: str) -> tuple[int, TrainState]:
     """(step, state) of the latest good checkpoint of `sample.checkpoint_workdir` ("" = this run's `workdir`).
 
     Sampling from another run's checkpoint lets many sampling runs (e.g. a sweep over DDIM steps) share one trained
     model; the config must describe the same model, or the restore names the mismatched leaves.
     """
-    source = task.config.sample.get("checkpoint_workdir", "") or workdir
-    key = (f"config.sample.checkpoint_workdir={source!r}" if task.config.sample.get("checkpoint_workdir", "")
+    other = task.config.sample.checkpoint_workdir
+    source = other or workdir
+    key = (f"config.sample.checkpoint_workdir={source!r}" if other
            else "the run's own --workdir; set config.sample.checkpoint_workdir to sample another run's model")
-    ckpt_dir = os.path.join(source, "checkpoints")
-    hint = f"no checkpoint in {ckpt_dir} ({key}): train first with --mode=train --workdir={source}"
-    if not os.path.isdir(ckpt_dir):  # checked first: opening a Checkpointer would create the folder
-        raise FileNotFoundError(hint)
-    with Checkpointer(ckpt_dir, max_to_keep=task.config.train.max_to_keep) as checkpointer:
-        restored = checkpointer.restore(jax.eval_shape(task.init_state))
-    if restored is None:
-        raise FileNotFoundError(hint)
-    return restored
+    return task.load_state(source, f"({key}): train first with --mode=train --workdir={source}")
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str, *, state: Optional[TrainState] = None,
-           task: Optional[Digits] = None) -> str:
-    """Draws `sample.num_per_class` digits for each label in `sample.labels`; writes npz + PNG + JSON (sampling time,
-    images/s); returns the npz path. Without `state`, loads the latest checkpoint of `sample.checkpoint_workdir`
-    (default: `workdir`)."""
-    task = task or Digits(config)
-    if state is None:
-        _, state = _load_state(task, workdir)
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Draws `sample.num_per_class` digits for each label in `sample.labels` from the latest checkpoint of
+    `sample.checkpoint_workdir` (default: `workdir`); writes npz + PNG + JSON (sampling time, images/s); returns the
+    npz path."""
+    validate_config(config)
+    task = make_task(config)
+    _, state = load_state(task, workdir)
+    return _sample(config, workdir, task, state)
+
+
+def _sample(config: ml_collections.ConfigDict, workdir: str, task: diffusion.DiffusionTask, state: TrainState) -> str:
     s = config.sample
-    digits = config_lib.parse_labels(s.labels)
+    digits = parse_labels(s.labels)
     labels = np.repeat(np.asarray(digits, np.int32), s.num_per_class)
-    params = task.dp.replicate(state.ema_params if s.use_ema else state.params)
+    params = task.params_for_sampling(state)
     start = time.time()
     images = task.sampler()(params, labels, seed=s.seed, guidance=s.guidance)
     seconds = time.time() - start
@@ -169,9 +124,10 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *, state: Optional[T
     info = {"sampling_seconds": seconds, "images_per_second": len(labels) / seconds, "num_images": len(labels),
             "sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance": s.guidance, "batch_size": s.batch_size,
             "num_devices": task.dp.num_devices, "use_ema": s.use_ema, "train_step": int(np.asarray(state.step)),
-            "checkpoint_workdir": os.path.abspath(s.get("checkpoint_workdir", "") or workdir)}
+            "checkpoint_workdir": os.path.abspath(s.checkpoint_workdir or workdir)}
     if jax.process_index() == 0:
-        _write_samples(path, images, labels, digits, info)
+        write_samples(path, mnist.to_uint8_images(images), {"labels": labels.astype(np.int64)}, info,
+                      [np.flatnonzero(labels == d) for d in digits], row_titles=[str(d) for d in digits])
     logging.info("drew %d digits (%s, %d steps, guidance %.2f) in %.1f s -> %s", len(labels), s.sampler, s.steps,
                  s.guidance, seconds, path)
     print(f"sampled {len(labels)} digits in {seconds:.1f} s ({len(labels) / seconds:.1f} images/s) -> {path}")
@@ -184,7 +140,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Reports the fraction classified as the requested digit (overall and per class) and the Fréchet distance in the
     classifier's feature space to the held-out real digits, beside the real-vs-real floor at the same sample count.
     """
-    config_lib.validate_digits_config(config)
+    validate_config(config)
+    return _evaluate(config, workdir)
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     path = config.eval.samples or _sample_path(config, workdir)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no samples at {path} (config.eval.samples / config.sample.output): run "
@@ -210,8 +170,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result["classifier_heldout_accuracy"] = classifier_heldout_accuracy(params, test_x, test_labels)
     result["classifier_seconds"] = classifier_seconds
     result["samples"] = os.path.abspath(path)
-    if os.path.exists(_info_path(path)):  # written by sample() beside the npz: how long drawing these digits took
-        with open(_info_path(path)) as f:
+    if os.path.exists(info_path_of(path)):  # written by sample() beside the npz: how long drawing these digits took
+        with open(info_path_of(path)) as f:
             info = json.load(f)
         for key in ("sampling_seconds", "images_per_second"):
             if key in info:

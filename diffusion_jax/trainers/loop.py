@@ -64,13 +64,25 @@ def restore_or_init(checkpointer: Checkpointer, init_state: Callable[[], Any]) -
     return 0, jax.jit(init_state)()
 
 
-def _check_finite(step: int, metrics: dict, workdir: str, last_saved: Optional[int]) -> None:
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
-        kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was written"
-        raise FloatingPointError(
-            f"non-finite loss ({loss}) at training step {step} in {workdir}; training stopped and {kept}. "
-            "Lower train.learning_rate or check the data.")
+def fetch_metrics(window: list) -> list[dict]:
+    """The device metrics of the steps since the last fetch, as host floats: the loop's one device-to-host sync.
+
+    Called at log and checkpoint steps only, so between them the host never waits for the device.
+    """
+    return [{k: float(v) for k, v in m.items()} for m in jax.device_get(window)]
+
+
+def _check_finite(first_step: int, metrics: list[dict], workdir: str, last_saved: Optional[int]) -> None:
+    """Raises FloatingPointError naming the first step (of the window starting at `first_step`) with a
+    non-finite loss; the checkpoint of a non-finite state is never written."""
+    for i, m in enumerate(metrics):
+        loss = m["loss"]
+        if not math.isfinite(loss):
+            kept = (f"the last good checkpoint (step {last_saved}) is kept" if last_saved
+                    else "no checkpoint was written")
+            raise FloatingPointError(
+                f"non-finite loss ({loss}) at training step {first_step + i} in {workdir}; training stopped and "
+                f"{kept}. Lower train.learning_rate or check the data.")
 
 
 def train_loop(*, workdir: str, dp: DataParallel, init_state: Callable[[], Any], train_step: Callable,
@@ -84,6 +96,10 @@ def train_loop(*, workdir: str, dp: DataParallel, init_state: Callable[[], Any],
       get_batch: the GLOBAL host batch for a step, a pure function of the step (exact resume after a kill, and every
         process of a multi-process run computes the same batch; `dp.shard_batch` keeps this process's share).
       hooks: (every, fn) pairs; fn(step, device_state) runs after every `every` steps (e.g. sample grids).
+
+    The host never waits for the device between log steps: metrics stay on the device until `fetch_metrics` at a
+    log or checkpoint step (where a non-finite loss is caught, naming its step, before anything is saved), and the
+    next batch is built and sent while the device runs the current step (JAX dispatches asynchronously).
     """
     os.makedirs(workdir, exist_ok=True)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep)
@@ -97,29 +113,31 @@ def train_loop(*, workdir: str, dp: DataParallel, init_state: Callable[[], Any],
     bar = tqdm.tqdm(total=num_steps, initial=step, desc=description, disable=not (progress and primary),
                     dynamic_ncols=True, mininterval=1.0)
     last_saved = checkpointer.latest_step()
-    window, t_window, pending = [], time.time(), None
+    pending, logged, t_window = [], [], time.time()  # device metrics not fetched yet; host metrics not logged yet
+    batch = dp.shard_batch(get_batch(step))
     try:
         while step < num_steps:
-            state, metrics = train_step(state, dp.shard_batch(get_batch(step)))
+            state, metrics = train_step(state, batch)
             step += 1
-            # Check the previous step's loss after dispatching this one, so the host never stalls the device.
-            if pending is not None:
-                _check_finite(*pending, workdir, last_saved)
-                window.append(pending[1])
-            pending = (step, dp.unreplicate(metrics))
-            if step % log_every == 0 or step == num_steps or step % checkpoint_every == 0:
-                _check_finite(*pending, workdir, last_saved)
-                window.append(pending[1])
-                pending = None
-            if step % log_every == 0 or step == num_steps:
+            pending.append(metrics)
+            if step < num_steps:  # prefetch: built on the host while the device runs the step just dispatched
+                batch = dp.shard_batch(get_batch(step))
+            log_now = step % log_every == 0 or step == num_steps
+            save_now = step % checkpoint_every == 0 or step == num_steps
+            if log_now or save_now:
+                fetched = fetch_metrics(pending)
+                _check_finite(step - len(pending) + 1, fetched, workdir, last_saved)
+                logged += fetched
+                pending = []
+            if log_now:
                 elapsed = time.time() - t_window
-                means = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-                means["steps_per_sec"] = len(window) / max(elapsed, 1e-9)
+                means = {k: float(np.mean([m[k] for m in logged])) for k in logged[0]}
+                means["steps_per_sec"] = len(logged) / max(elapsed, 1e-9)
                 writer.write(step, means)
                 bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
-                window, t_window = [], time.time()
+                logged, t_window = [], time.time()
             bar.update(1)
-            if step % checkpoint_every == 0 or step == num_steps:
+            if save_now:
                 checkpointer.save(step, dp.unreplicate(state))
                 last_saved = step
             for every, hook in hooks:

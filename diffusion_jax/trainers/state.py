@@ -21,14 +21,27 @@ class TrainState:
         return cls(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params))
 
 
+def decay_mask(params) -> Any:
+    """True for the leaves weight decay applies to: the kernels of Dense and Conv layers only.
+
+    Biases, normalisation scales, embeddings and CLIP's learnt temperature and bias are not decayed (big_vision
+    decays kernels only; open_clip excludes gains, biases and the logit scale): decaying the temperature pulls it
+    towards 0, i.e. towards uniform logits, which fights the contrastive loss.
+    """
+    return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
 def make_optimizer(*, learning_rate: float, warmup_steps: int, num_steps: int, weight_decay: float,
                    grad_clip: float, b2: float = 0.999) -> optax.GradientTransformation:
-    """AdamW (Loshchilov & Hutter 2019) with linear warmup, cosine decay to 10% and global-norm gradient clipping."""
+    """AdamW (Loshchilov & Hutter 2019) with linear warmup, cosine decay to 10% and global-norm gradient clipping.
+
+    Weight decay applies to kernels only (`decay_mask`).
+    """
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=learning_rate, warmup_steps=max(warmup_steps, 1),
         decay_steps=max(num_steps, warmup_steps + 1), end_value=0.1 * learning_rate)
     return optax.chain(optax.clip_by_global_norm(grad_clip),
-                       optax.adamw(schedule, b2=b2, weight_decay=weight_decay))
+                       optax.adamw(schedule, b2=b2, weight_decay=weight_decay, mask=decay_mask))
 
 
 def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, ema_decay: float) -> TrainState:

@@ -17,11 +17,12 @@ Everything a run makes lives in its workdir:
   classifier/             the attribute checker's digit classifier (real training digits only)
   eval.json, samples/eval_guidance_*.png   --mode=eval (also after training when train.final_eval)
 """
+import dataclasses
 import itertools
 import json
 import os
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import ml_collections
@@ -33,13 +34,11 @@ from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.config import ConfigError
 from diffusion_jax.data import captioned_digits as cd
 from diffusion_jax.data import mnist, pipeline
-from diffusion_jax.diffusion import schedules
 from diffusion_jax.evaluation import classifier as classifier_lib
 from diffusion_jax.evaluation import txt2img as checks
-from diffusion_jax.images import save_grid
-from diffusion_jax.parallel import DataParallel
-from diffusion_jax.trainers import clip, diffusion, loop
-from diffusion_jax.trainers.state import TrainState, make_optimizer
+from diffusion_jax.images import save_grid, write_samples
+from diffusion_jax.trainers import clip, diffusion
+from diffusion_jax.trainers.state import TrainState
 
 IMAGE_SHAPE = (32, 32, 3)
 # Prompts of the grids drawn during training: every digit once, seen and held-out (digit, colour) pairs, all layouts.
@@ -52,14 +51,16 @@ class PromptError(ConfigError):
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every value the text-to-image task reads; raises ConfigError naming the first bad key."""
-    config_lib.validate_diffusion_config(config, positive=("sample.num_per_prompt", "eval.num_per_prompt",
-                                                           "data.train_copies"))
-    if config.data.train_copies > 25:
-        raise ConfigError(f"config.data.train_copies={config.data.train_copies} must be at most 25 (a digit has 25 "
-                          "allowed colour x layout combinations)")
+    """Checks every value the text-to-image task reads (and its CLIP config); raises ConfigError naming the key."""
+    diffusion.validate_diffusion_config(config, image_size=IMAGE_SHAPE[0],
+                                        positive=("sample.num_per_prompt", "eval.num_per_prompt"))
+    config_lib.check_number(config, "data.train_copies", 1, 25)  # a digit has 25 colour x layout combinations
     if any(g < 0 for g in config.eval.guidance_scales):
         raise ConfigError(f"config.eval.guidance_scales={tuple(config.eval.guidance_scales)} must be >= 0")
+    try:
+        clip.validate_config(config.clip)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("config.", "config.clip.", 1)) from None
 
 
 def clip_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -79,35 +80,32 @@ def ensure_clip(config: ml_collections.ConfigDict, workdir: str) -> str:
     return cw
 
 
+def text_condition(encoder: clip.Encoder, ids: np.ndarray, mask: np.ndarray) -> dict:
+    """Token ids/mask [N, L] -> the frozen text tower's {'tokens', 'mask', 'pooled'} as host arrays."""
+    pooled, tokens = encoder.text(ids, mask)
+    return {"tokens": tokens, "mask": np.asarray(mask, bool), "pooled": pooled}
+
+
+@dataclasses.dataclass
 class TextToImage:
-    """The frozen CLIP, U-Net, schedule, optimizer and data-parallel plumbing that one txt2img config describes."""
+    """The text-to-image model of one config: the diffusion task (U-Net, schedule, optimizer, samplers) and the
+    frozen CLIP text encoder whose outputs condition it. `TextToImage.load` builds it from a workdir."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        validate_config(config)
-        self.config = config
-        cw = clip_workdir(config, workdir)
-        if not os.path.exists(os.path.join(cw, "tokenizer.json")):
-            raise FileNotFoundError(f"no CLIP in {cw} (config.clip.workdir): train first (--mode=train trains it)")
-        self.clip = clip.ClipTask(config.clip, cw)
-        self.clip_params = clip.load_state(self.clip, cw).ema_params
-        self.tokenizer = self.clip.tokenizer
-        self.dp = DataParallel(config.train.parallel)
-        self.model = diffusion.build_unet(config.model, num_classes=None, out_channels=IMAGE_SHAPE[-1], text=True)
-        self.schedule = schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
-        t = config.train
-        self.tx = make_optimizer(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, num_steps=t.num_steps,
-                                 weight_decay=t.weight_decay, grad_clip=t.grad_clip)
-        ids, mask = self.tokenizer.encode_empty()
-        self.null_cond = jax.tree.map(lambda a: a[0], self.text_condition(ids[None], mask[None]))
+    task: diffusion.DiffusionTask
+    encoder: clip.Encoder
 
-    def text_condition(self, ids: np.ndarray, mask: np.ndarray, batch: int = 500) -> dict:
-        """Token ids/mask [N, L] -> the frozen text tower's {'tokens', 'mask', 'pooled'} as host arrays."""
-        pooled, tokens = [], []
-        for s in range(0, len(ids), batch):
-            p, t = self.clip.encode_text(self.clip_params, ids[s:s + batch], mask[s:s + batch])
-            pooled.append(np.asarray(p))
-            tokens.append(np.asarray(t))
-        return {"tokens": np.concatenate(tokens), "mask": np.asarray(mask, bool), "pooled": np.concatenate(pooled)}
+    @classmethod
+    def load(cls, config: ml_collections.ConfigDict, workdir: str) -> "TextToImage":
+        """Loads the frozen CLIP of `config.clip.workdir` (default WORKDIR/clip), once; the U-Net state is loaded
+        by `load_state`. FileNotFoundError naming the CLIP workdir if it holds no trained CLIP."""
+        encoder = clip.load(config.clip, clip_workdir(config, workdir))
+        ids, mask = encoder.tokenizer.encode_empty()
+        null_cond = jax.tree.map(lambda a: a[0], text_condition(encoder, ids[None], mask[None]))
+        return cls(diffusion.DiffusionTask(config, image_shape=IMAGE_SHAPE, null_cond=null_cond), encoder)
+
+    @property
+    def config(self) -> ml_collections.ConfigDict:
+        return self.task.config
 
     def prompt_condition(self, prompts: list) -> dict:
         """Prompts -> condition; a bad prompt raises PromptError naming it, unknown words inside a good prompt warn."""
@@ -116,16 +114,10 @@ class TextToImage:
                 raise PromptError(f"prompt {i} ({p!r}) is empty or not a string: write a caption such as "
                                   f"{cd.canonical_caption(3, 'red', 'top left')!r}")
         try:
-            ids, mask = self.tokenizer.encode(list(prompts))
+            ids, mask = self.encoder.tokenizer.encode(list(prompts))
         except (ValueError, TypeError) as e:
             raise PromptError(f"bad prompt: {e}") from None
-        return self.text_condition(ids, mask)
-
-    def init_state(self) -> TrainState:
-        x = np.zeros((2,) + IMAGE_SHAPE, np.float32)
-        cond = jax.tree.map(lambda a: np.stack([a, a]), self.null_cond)
-        params = self.model.init(jax.random.key(self.config.seed), x, np.zeros(2, np.int32), cond)
-        return TrainState.create(params, self.tx)
+        return text_condition(self.encoder, ids, mask)
 
     def train_data(self) -> dict:
         """Captioned training digits (uint8 images) with each caption's frozen text condition, computed once."""
@@ -133,17 +125,15 @@ class TextToImage:
         num_digits = len(mnist.load_mnist(c.data.source, "train")[1])
         raw = cd.make_dataset("train", seed=c.seed, source=c.data.source,
                               num_examples=c.data.train_copies * num_digits)
-        ids, mask = self.tokenizer.encode(list(raw["caption"]))
+        ids, mask = self.encoder.tokenizer.encode(list(raw["caption"]))
         start = time.time()
-        cond = self.text_condition(ids, mask)
+        cond = text_condition(self.encoder, ids, mask)
         logging.info("text condition of %d captions in %.1f s", len(ids), time.time() - start)
         return {"image": raw["image"], **cond}
 
-    def sampler(self, batch_size: Optional[int] = None) -> diffusion.Sampler:
-        s = self.config.sample
-        return diffusion.Sampler(self.dp, self.model, self.schedule, IMAGE_SHAPE, sampler=s.sampler, steps=s.steps,
-                                 eta=s.eta, prediction=self.config.diffusion.prediction,
-                                 batch_size=batch_size or s.batch_size, null_cond=self.null_cond)
+    def load_state(self, workdir: str) -> TrainState:
+        """The latest good U-Net state in `workdir`; FileNotFoundError naming the folder if there is none."""
+        return self.task.load_state(workdir, "(the text-to-image U-Net): train first (--mode=train)")[1]
 
 
 def to_batch(arrays: dict) -> dict:
@@ -156,44 +146,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains CLIP first if needed, then (or resumes) the text-conditioned U-Net; evaluates if train.final_eval."""
     validate_config(config)
     ensure_clip(config, workdir)
-    task = TextToImage(config, workdir)
-    data = task.train_data()
+    model = TextToImage.load(config, workdir)
+    data = model.train_data()
     t = config.train
-    train_step = task.dp.lift(
-        diffusion.make_train_step(task.model, task.schedule, task.tx, seed=config.seed,
-                                  prediction=config.diffusion.prediction, cond_dropout=config.diffusion.cond_dropout,
-                                  loss_weighting=config.diffusion.loss_weighting, snr_gamma=config.diffusion.snr_gamma,
-                                  ema_decay=t.ema_decay, null_cond=task.null_cond),
-        ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
     grid_prompts = [p for p in GRID_PROMPTS for _ in range(4)]
-    grid_sampler = task.sampler(batch_size=len(grid_prompts)) if t.sample_every else None
-    grid_cond = task.prompt_condition(grid_prompts) if t.sample_every else None
-
-    def sample_grid(step: int, device_state) -> None:
-        images = grid_sampler(device_state.ema_params, grid_cond, seed=config.sample.seed,
-                              guidance=config.sample.guidance)
-        if jax.process_index() == 0:
-            save_grid(os.path.join(workdir, "samples", f"step_{step:06d}.png"), mnist.to_uint8_images(images),
-                      [np.arange(4 * i, 4 * i + 4) for i in range(len(GRID_PROMPTS))], row_titles=GRID_PROMPTS)
-
-    state = loop.train_loop(
-        workdir=workdir, dp=task.dp, init_state=task.init_state, train_step=train_step,
-        get_batch=lambda step: to_batch(pipeline.get_batch(data, t.batch_size, config.seed, step)),
-        num_steps=t.num_steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-        max_to_keep=t.max_to_keep, hooks=((t.sample_every, sample_grid),), progress=t.progress,
+    state = model.task.train(
+        workdir, lambda step: to_batch(pipeline.get_batch(data, t.batch_size, config.seed, step)),
+        grid_cond=model.prompt_condition(grid_prompts) if t.sample_every else None,
+        grid_rows=[np.arange(4 * i, 4 * i + 4) for i in range(len(GRID_PROMPTS))], grid_titles=GRID_PROMPTS,
         description="txt2img")
     if t.final_eval:
-        evaluate(config, workdir, state=state, task=task)
+        _evaluate(model, workdir, state)
     return state
-
-
-def _load_state(task: TextToImage, workdir: str) -> TrainState:
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    with Checkpointer(ckpt_dir, max_to_keep=task.config.train.max_to_keep) as checkpointer:
-        restored = checkpointer.restore(jax.eval_shape(task.init_state))
-    if restored is None:
-        raise FileNotFoundError(f"no text-to-image checkpoint in {ckpt_dir}: train first (--mode=train)")
-    return restored[1]
 
 
 def read_prompts(config: ml_collections.ConfigDict) -> list:
@@ -214,51 +178,42 @@ def read_prompts(config: ml_collections.ConfigDict) -> list:
     return prompts
 
 
-def _write(path: str, images_u8: np.ndarray, prompts: list, per_prompt: int) -> None:
-    """npz (images, prompts) and a PNG grid beside it, one row a prompt; an existing npz is kept (renamed)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, images=images_u8, prompts=np.asarray(prompts))
-    if os.path.exists(path):  # keep the previous result: a new sampling run must not destroy the last one
-        os.replace(path, path[:-4] + time.strftime("-%Y%m%d-%H%M%S") + ".npz")
-    os.replace(tmp, path)
-    rows = [np.arange(i * per_prompt, (i + 1) * per_prompt) for i in range(len(prompts) // per_prompt)]
-    save_grid(path[:-4] + ".png", images_u8, rows, row_titles=prompts[::per_prompt])
-
-
-def generate(task: TextToImage, state: TrainState, prompts: list, *, num_per_prompt: int = 1, seed: int = 0,
+def generate(model: TextToImage, state: TrainState, prompts: list, *, num_per_prompt: int = 1, seed: int = 0,
              guidance: Optional[float] = None) -> np.ndarray:
     """Prompt in, image out: uint8 images [len(prompts) * num_per_prompt, 32, 32, 3], prompt-major.
 
     Uses the EMA weights if `sample.use_ema`, the configured sampler and steps, and `guidance` (default
-    `sample.guidance`). Image i depends only on (seed, i, its prompt, guidance), not on the device count.
+    `sample.guidance`). Image i depends only on (seed, i, its prompt, guidance), not on the device count. Compiles
+    once per chunk size (a power of two up to `sample.batch_size`), not once per call.
     """
-    s = task.config.sample
-    cond = jax.tree.map(lambda a: np.repeat(a, num_per_prompt, axis=0), task.prompt_condition(list(prompts)))
-    params = task.dp.replicate(state.ema_params if s.use_ema else state.params)
+    s = model.config.sample
+    cond = jax.tree.map(lambda a: np.repeat(a, num_per_prompt, axis=0), model.prompt_condition(list(prompts)))
     n = len(prompts) * num_per_prompt
-    images = task.sampler(batch_size=min(s.batch_size, n))(
-        params, cond, seed=seed, guidance=s.guidance if guidance is None else guidance)
+    images = model.task.sampler_for(n)(model.task.params_for_sampling(state), cond, seed=seed,
+                                       guidance=s.guidance if guidance is None else guidance)
     return mnist.to_uint8_images(images)
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str, *, state: Optional[TrainState] = None,
-           task: Optional[TextToImage] = None) -> str:
-    """--mode=sample: `sample.num_per_prompt` images per prompt; writes npz + PNG; returns the npz path."""
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """--mode=sample: `sample.num_per_prompt` images per prompt; writes npz + JSON + PNG; returns the npz path."""
     validate_config(config)
     prompts = read_prompts(config)
-    task = task or TextToImage(config, workdir)
-    cond = task.prompt_condition(prompts)  # errors before the U-Net is even loaded
-    state = state if state is not None else _load_state(task, workdir)
+    model = TextToImage.load(config, workdir)
+    model.prompt_condition(prompts)  # errors before the U-Net is even loaded
+    state = model.load_state(workdir)
     s = config.sample
     k = s.num_per_prompt
     start = time.time()
-    images = generate(task, state, prompts, num_per_prompt=k, seed=s.seed, guidance=s.guidance)
+    images = generate(model, state, prompts, num_per_prompt=k, seed=s.seed, guidance=s.guidance)
     seconds = time.time() - start
     path = s.output or os.path.join(workdir, "samples", "samples.npz")
     expanded = [p for p in prompts for _ in range(k)]
+    info = {"sampling_seconds": seconds, "images_per_second": len(expanded) / seconds, "num_images": len(expanded),
+            "sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance": s.guidance, "seed": s.seed,
+            "use_ema": s.use_ema, "train_step": int(np.asarray(state.step))}
     if jax.process_index() == 0:
-        _write(path, images, expanded, k)
+        write_samples(path, images, {"prompts": np.asarray(expanded)}, info,
+                      [np.arange(i * k, (i + 1) * k) for i in range(len(prompts))], row_titles=prompts)
     print(f"sampled {len(expanded)} images for {len(prompts)} prompt(s) in {seconds:.1f} s -> {path}")
     return path
 
@@ -269,19 +224,22 @@ def canonical_prompts() -> tuple[list, np.ndarray]:
     return [cd.canonical_caption(int(d), cd.COLORS[c], cd.LAYOUTS[l]) for d, c, l in combos], combos
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, *, state: Optional[TrainState] = None,
-             task: Optional[TextToImage] = None) -> dict:
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Draws `eval.num_per_prompt` images for each of the 300 canonical prompts at each guidance scale and checks
     digit, colour and layout (seen vs held-out pairs), the CLIP score and the per-prompt diversity."""
     validate_config(config)
-    task = task or TextToImage(config, workdir)
-    state = state if state is not None else _load_state(task, workdir)
+    model = TextToImage.load(config, workdir)
+    return _evaluate(model, workdir, model.load_state(workdir))
+
+
+def _evaluate(model: TextToImage, workdir: str, state: TrainState) -> dict:
+    config, task = model.config, model.task
     e = config.eval
     prompts, combos = canonical_prompts()
     k = e.num_per_prompt
     combos = np.repeat(combos, k, axis=0)
     heldout = np.asarray([cd.is_heldout(int(d), int(c)) for d, c, _ in combos])
-    cond = jax.tree.map(lambda a: np.repeat(a, k, axis=0), task.prompt_condition(prompts))
+    cond = jax.tree.map(lambda a: np.repeat(a, k, axis=0), model.prompt_condition(prompts))
     text_emb = cond["pooled"]
     digits_train = mnist.load_mnist(config.data.source, "train")
     digits_test = mnist.load_mnist(config.data.source, "test")
@@ -291,11 +249,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, state: Optional
         steps=e.classifier_steps)
     real = cd.make_dataset("test", seed=config.seed + 1, source=config.data.source)
     ceiling = checks.check_real_ceiling(classifier, real)
-    real_clip = np.sum(clip.embed_images(task.clip, task.clip_params, real["image"])
-                       * task.prompt_condition([cd.canonical_caption(d, c, l) for d, c, l in
+    real_clip = np.sum(model.encoder.embed_images(real["image"])
+                       * model.prompt_condition([cd.canonical_caption(d, c, l) for d, c, l in
                                                 zip(real["digit"], real["color"], real["layout"])])["pooled"], -1)
     result = {"checker_on_real_images": ceiling, "real_clip_score": float(real_clip.mean()), "guidance": {}}
-    params = task.dp.replicate(state.ema_params if config.sample.use_ema else state.params)
+    params = task.params_for_sampling(state)
     sampler = task.sampler(batch_size=min(config.sample.batch_size, len(prompts)))
     scales = sorted({float(g) for g in e.guidance_scales} | {float(config.sample.guidance)})
     for g in scales:
@@ -304,7 +262,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, state: Optional
         seconds = time.time() - start
         found = checks.check_attributes(classifier, images)
         scores = checks.attribute_scores(found, combos[:, 0], combos[:, 1], combos[:, 2], heldout)
-        image_emb = clip.embed_images(task.clip, task.clip_params, images)
+        image_emb = model.encoder.embed_images(images)
         scores["clip_score"] = float(np.mean(np.sum(image_emb * text_emb, -1)))
         scores["diversity"] = checks.diversity(images, np.repeat(np.arange(len(prompts)), k))
         scores["sampling_seconds"] = seconds

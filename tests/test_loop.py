@@ -1,0 +1,78 @@
+"""The shared train loop does not stall the device: metrics stay on it until a log step, the next batch is built
+while a step runs, and every device-to-host transfer is explicit (it runs under `jax.transfer_guard`)."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_jax.checkpoint import Checkpointer
+from diffusion_jax.parallel import DataParallel
+from diffusion_jax.trainers import loop
+
+
+def _init_state():
+    return {"step": jnp.zeros((), jnp.int32), "w": jnp.ones(3)}
+
+
+def _fake_step(state, batch):
+    step = state["step"] + 1
+    return {"step": step, "w": state["w"] * 0.9 + jnp.mean(batch["x"])}, {"loss": 1.0 / step}
+
+
+@pytest.fixture(scope="module")
+def lifted():
+    dp = DataParallel("shard_map", jax.local_devices()[:2])
+    return dp, dp.lift(_fake_step, ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
+
+
+def test_metrics_are_fetched_only_at_log_and_checkpoint_steps(lifted, tmp_path, monkeypatch):
+    dp, step_fn = lifted
+    events = []
+    fetch = loop.fetch_metrics
+
+    def counting_fetch(window):
+        events.append(("fetch", len(window)))
+        return fetch(window)
+
+    def get_batch(step):
+        events.append(("batch", step))
+        return {"x": np.full((2, 1), step, np.float32)}
+
+    def train_step(state, batch):
+        events.append(("step",))
+        return step_fn(state, batch)
+
+    monkeypatch.setattr(loop, "fetch_metrics", counting_fetch)
+    # Any implicit device-to-host copy (np.asarray of a device array) inside the loop raises under this guard.
+    with jax.transfer_guard_device_to_host("disallow"):
+        state = loop.train_loop(workdir=str(tmp_path), dp=dp, init_state=_init_state, train_step=train_step,
+                                get_batch=get_batch, num_steps=12, log_every=4, checkpoint_every=6, progress=False)
+    assert int(state["step"]) == 12
+    # One fetch per log or checkpoint step (4, 6, 8, 12), each of the steps since the previous fetch.
+    assert [e[1] for e in events if e[0] == "fetch"] == [4, 2, 2, 4]
+    # Prefetch: batch s+1 is asked for right after step s is dispatched, before that step's metrics are fetched.
+    order = [e for e in events if e[0] != "fetch"]
+    assert order[:3] == [("batch", 0), ("step",), ("batch", 1)]
+    assert [e for e in events if e[0] == "batch"] == [("batch", s) for s in range(12)]  # no batch built twice
+    rows = [line for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
+    assert len(rows) == 3  # steps 4, 8, 12
+    with Checkpointer(os.path.join(tmp_path, "checkpoints")) as ckpt:
+        assert ckpt.all_steps() == [6, 12]
+
+
+def test_non_finite_loss_inside_a_log_window_names_its_step_and_is_never_saved(tmp_path):
+    dp = DataParallel("shard_map", jax.local_devices()[:1])
+
+    def nan_at_9(state, batch):
+        step = state["step"] + 1
+        return {"step": step, "w": state["w"]}, {"loss": jnp.where(step == 9, jnp.nan, 1.0)}
+
+    step_fn = dp.lift(nan_at_9, ("replicated", "sharded"), ("replicated", "replicated"))
+    with pytest.raises(FloatingPointError, match=r"at training step 9 .* \(step 5\) is kept"):
+        loop.train_loop(workdir=str(tmp_path), dp=dp, init_state=_init_state, train_step=step_fn,
+                        get_batch=lambda s: {"x": np.zeros((1, 1), np.float32)}, num_steps=30, log_every=10,
+                        checkpoint_every=5, progress=False)
+    with Checkpointer(os.path.join(tmp_path, "checkpoints")) as ckpt:
+        assert ckpt.all_steps() == [5]  # step 10's state followed the NaN: not written
