@@ -4,9 +4,17 @@
   python benchmarks/digits_speed.py --dtype=bfloat16 --num_samples=1000 --train_steps=20
 
 It times the real code paths (the lifted train step and the lifted lax.scan sampler of `diffusion_jax.trainers`),
-after one warm-up call each (reported separately: compile, plus for sampling one full chunk of images). FLOPs come from XLA's cost analysis of the
-compiled single-device programs; achieved FLOP/s = FLOPs per image x images/s.
+after one warm-up call each (reported separately: compile, plus for sampling one full chunk of images). FLOPs come
+from XLA's cost analysis of the compiled single-device programs; achieved FLOP/s = FLOPs per image x images/s.
+
+The same train step is timed three ways, side by side: on pre-built device batches (the step alone); through the real
+`trainers.loop.train_loop` (batches built from the step on the host, metrics fetched at log steps only, the next batch
+prefetched while a step runs); and through a loop that fetches each step's metrics before building the next batch
+(what `train_loop` did before issue 14). The ratios say what the host side of the loop costs.
 """
+import json
+import os
+import tempfile
 import time
 
 import jax
@@ -17,14 +25,14 @@ from absl import app, flags
 from diffusion_jax.config import load_config
 from diffusion_jax.data import pipeline
 from diffusion_jax.distributed import split_cpu
-from diffusion_jax.trainers import diffusion
-from diffusion_jax.trainers.digits import IMAGE_SHAPE, Digits
+from diffusion_jax.trainers import diffusion, digits, loop
+from diffusion_jax.trainers.digits import IMAGE_SHAPE
 
 _CONFIG = flags.DEFINE_string("config", "experiments/digits.py", "config file[:preset]")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", -1, "CPU devices, as python -m diffusion_jax.main --cpu_devices "
                                    "(-1: one per core; 1: one device using every core)")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model compute dtype")
-_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20, "timed train steps")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20, "timed train steps (each of the three ways)")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "train batch size (0 = the config's)")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "images to draw")
 _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 50, "DDIM steps")
@@ -36,6 +44,37 @@ def _flops(fn, *args) -> float:
     return float(analysis.get("flops", float("nan")))
 
 
+_LOG_EVERY = 10
+
+
+def _loop_speeds(dp, step, state, batch_size: int, num_steps: int) -> tuple[float, float]:
+    """Images/s of `step` through `loop.train_loop`, and through a loop that syncs on every step's metrics.
+
+    Both build each batch on the host from 5,000 examples (the bundled MNIST's size) with `pipeline.get_batch`. The
+    train_loop figure is the mean of its logged windows after the first (which holds the compile); its final
+    checkpoint is written after the last window is timed.
+    """
+    rng = np.random.default_rng(1)
+    data = {"image": rng.uniform(-1, 1, (5000,) + IMAGE_SHAPE).astype(np.float32),
+            "cond": (np.arange(5000) % 10).astype(np.int32)}
+    get_batch = lambda s: pipeline.get_batch(data, batch_size, 0, s)  # noqa: E731
+    steps = _LOG_EVERY * (1 + -(-num_steps // _LOG_EVERY))
+    with tempfile.TemporaryDirectory() as workdir:
+        loop.train_loop(workdir=workdir, dp=dp, init_state=lambda: state, train_step=step, get_batch=get_batch,
+                        num_steps=steps, log_every=_LOG_EVERY, checkpoint_every=10 * steps, progress=False)
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            rates = [json.loads(line)["steps_per_sec"] for line in f][1:]
+    loop_ips = float(np.mean(rates)) * batch_size
+    dstate = dp.replicate(state)
+    dstate, metrics = step(dstate, dp.shard_batch(get_batch(0)))  # compiled already: one step to settle
+    start = time.time()
+    for s in range(1, steps - _LOG_EVERY + 1):
+        dstate, metrics = step(dstate, dp.shard_batch(get_batch(s)))
+        float(jax.device_get(metrics["loss"]))  # the host waits for this step before it builds the next batch
+    synced_ips = (steps - _LOG_EVERY) * batch_size / (time.time() - start)
+    return loop_ips, synced_ips
+
+
 def main(argv):
     del argv
     config = load_config(_CONFIG.value)
@@ -44,12 +83,13 @@ def main(argv):
     config.sample.steps = _SAMPLE_STEPS.value
     if _BATCH.value:
         config.train.batch_size = _BATCH.value
-    task = Digits(config)
+    digits.validate_config(config)
+    task = digits.make_task(config)
     dp, batch_size = task.dp, config.train.batch_size
     print(f"devices: {dp.num_devices} x {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"dtype {_DTYPE.value}, train batch {batch_size}")
 
-    state = jax.jit(task.init_state)()
+    state = jax.device_get(jax.jit(task.init_state)())  # on the host: donated device copies must not alias it
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     x = jnp.zeros((batch_size,) + IMAGE_SHAPE)
     t = jnp.zeros(batch_size, jnp.int32)
@@ -76,6 +116,7 @@ def main(argv):
         dstate, metrics = step(dstate, batches[s % 4])
     jax.block_until_ready(metrics)
     train_ips = _TRAIN_STEPS.value * batch_size / (time.time() - start)
+    loop_ips, synced_ips = _loop_speeds(dp, step, state, batch_size, _TRAIN_STEPS.value)
 
     sampler = task.sampler()
     params = dstate.ema_params
@@ -92,6 +133,10 @@ def main(argv):
           f"train step {train_flops / 1e6:.1f} MFLOP/image")
     print(f"train:  {train_ips:8.1f} images/s  ({train_flops * train_ips / 1e9:7.1f} GFLOP/s achieved; "
           f"compile {compile_train:.1f} s)")
+    print(f"train through the loop: {loop_ips:8.1f} images/s = {loop_ips / train_ips:.2f} x pre-built batches "
+          f"(train_loop: batches from pipeline.get_batch, metrics fetched every {_LOG_EVERY} steps)")
+    print(f"train, fetch every step: {synced_ips:8.1f} images/s = {synced_ips / train_ips:.2f} x pre-built batches "
+          f"(the loop before issue 14); loop / fetch-every-step = {loop_ips / synced_ips:.2f}")
     print(f"sample: {sample_ips:8.1f} images/s  ({sample_flops * sample_ips / 1e9:7.1f} GFLOP/s achieved; "
           f"{_NUM_SAMPLES.value} images, {config.sample.sampler} {config.sample.steps} steps, guided; "
           f"warm-up call {warmup_sample:.1f} s = compile + one chunk of {config.sample.batch_size})")

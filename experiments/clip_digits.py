@@ -5,6 +5,8 @@ Presets: `:tiny` for tests.
 """
 import ml_collections
 
+from diffusion_jax.config import train_group
+
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -26,21 +28,15 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.norm_groups = 8
     c.model.factorize_color = True  # image tower: shape from intensity, colour from the mean ink colour
 
-    c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 2000
-    c.train.batch_size = 128
-    c.train.learning_rate = 1e-3
-    c.train.warmup_steps = 100
-    c.train.weight_decay = 1e-4
-    c.train.grad_clip = 1.0
-    c.train.ema_decay = 0.99
-    c.train.loss = "infonce"  # infonce (CLIP) | sigmoid (SigLIP, for ablations)
-    c.train.parallel = "shard_map"
-    c.train.log_every = 50
-    c.train.checkpoint_every = 500
-    c.train.max_to_keep = 3
-    c.train.progress = True
-    c.train.final_eval = True
+    c.train = train_group(
+        num_steps=2000,
+        ema_decay=0.99,
+        batch_size=128,
+        learning_rate=1e-3,
+        weight_decay=1e-4,
+        loss="infonce",  # infonce (CLIP) | sigmoid (SigLIP, for ablations)
+        final_eval=True,
+    )
 
     c.embed = ml_collections.ConfigDict()
     c.embed.texts_file = ""  # one text a line

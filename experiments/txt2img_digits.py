@@ -16,7 +16,7 @@ import os
 
 import ml_collections
 
-from diffusion_jax.config import load_config
+from diffusion_jax.config import diffusion_group, load_config, sample_group, shrink_to_tiny, train_group, unet_model
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -36,52 +36,22 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.data.source = "bundled"  # MNIST digits under the captioned-digits spec (see data/captioned_digits.py)
     c.data.train_copies = 5  # captioned examples per training digit, each a different (colour, layout)
 
-    c.model = ml_collections.ConfigDict()
-    c.model.channels = (64, 128)
-    c.model.num_res_blocks = 1
-    c.model.attention_resolutions = (8, 4)  # self- then cross-attention to the caption tokens at these sizes
-    c.model.patch_size = 4
-    c.model.dropout = 0.0
-    c.model.num_heads = 4
-    c.model.norm_groups = 8
-    c.model.dtype = "float32"
-
-    c.diffusion = ml_collections.ConfigDict()
-    c.diffusion.schedule = "cosine"
-    c.diffusion.num_steps = 1000
-    c.diffusion.prediction = "v"
-    c.diffusion.cond_dropout = 0.1  # probability a caption is replaced by the empty caption (guidance training)
-    c.diffusion.loss_weighting = "none"  # none (L_simple) | min_snr (Min-SNR-gamma, Hang et al. 2023)
-    c.diffusion.snr_gamma = 5.0  # gamma of min_snr
-
-    c.train = ml_collections.ConfigDict()
-    c.train.num_steps = 7500
-    c.train.batch_size = 64
-    c.train.learning_rate = 2e-3
-    c.train.warmup_steps = 100
-    c.train.weight_decay = 0.0
-    c.train.grad_clip = 1.0
-    c.train.ema_decay = 0.999
-    c.train.parallel = "shard_map"
-    c.train.log_every = 50
-    c.train.checkpoint_every = 1000
-    c.train.max_to_keep = 3
-    c.train.sample_every = 2000  # a grid for a few fixed prompts during training (0 = never)
-    c.train.progress = True
-    c.train.final_eval = True  # after training: evaluate (eval.*)
-
-    c.sample = ml_collections.ConfigDict()
-    c.sample.sampler = "ddim"  # ddim | ddpm
-    c.sample.steps = 50
-    c.sample.eta = 0.0
-    c.sample.guidance = 3.0
-    c.sample.prompts = ""  # ';'-separated prompts
-    c.sample.prompts_file = ""  # one prompt a line
-    c.sample.num_per_prompt = 4
-    c.sample.output = ""  # .npz path; "" = WORKDIR/samples/samples.npz (a PNG grid is written beside it)
-    c.sample.batch_size = 500
-    c.sample.seed = 1
-    c.sample.use_ema = True
+    c.model = unet_model(
+        attention_resolutions=(8, 4),  # self- then cross-attention to the caption tokens at these sizes
+    )
+    c.diffusion = diffusion_group()
+    c.train = train_group(
+        num_steps=7500,
+        ema_decay=0.999,
+        checkpoint_every=1000,
+        sample_every=2000,  # a grid for a few fixed prompts during training (0 = never)
+        final_eval=True,  # after training: evaluate (eval.*)
+    )
+    c.sample = sample_group(
+        prompts="",  # ';'-separated prompts
+        prompts_file="",  # one prompt a line
+        num_per_prompt=4,
+    )
 
     c.eval = ml_collections.ConfigDict()
     c.eval.num_per_prompt = 2  # images per canonical prompt (300 prompts: every digit x colour x position)
@@ -89,24 +59,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.eval.classifier_steps = 1500  # the attribute checker's digit classifier (trained on real digits only)
 
     if preset == "tiny":
+        shrink_to_tiny(c)
         c.data.train_copies = 1
-        c.model.channels = (16, 32)
-        c.model.norm_groups = 4
-        c.diffusion.num_steps = 100
-        c.train.num_steps = 20
-        c.train.batch_size = 16
-        c.train.learning_rate = 3e-3
-        c.train.warmup_steps = 5
-        c.train.log_every = 5
-        c.train.checkpoint_every = 10
-        c.train.sample_every = 10
-        c.train.progress = False
         c.clip.train.num_steps = 30
         c.clip.train.final_eval = False
-        c.sample.steps = 5
         c.sample.num_per_prompt = 2
-        c.sample.batch_size = 20
         c.eval.num_per_prompt = 1
         c.eval.guidance_scales = (1.0, 4.0)
-        c.eval.classifier_steps = 30
     return c
