@@ -38,15 +38,15 @@ from typing import Any
 
 from diffusion_jax.sweep.plots import plot_metric
 from diffusion_jax.sweep.points import (MAIN_MODES, Point, Sweep, check_point, concat, format_value, load_sweep,
-                                        make_sweep, point_names, product, with_overrides, zip_axes)
+                                        make_sweep, point_names, product, require_trained, with_overrides, zip_axes)
 from diffusion_jax.sweep.results import write_results
 from diffusion_jax.sweep.runner import (DONE_FILE, EVAL_FILE, LOG_FILE, MAIN, finished_record, point_commands,
                                         run_point, run_sweep, shell_line)
 
 __all__ = ["DONE_FILE", "EVAL_FILE", "LOG_FILE", "MAIN", "MAIN_MODES", "Point", "Sweep", "check_point", "concat",
            "finished_record", "format_value", "load_sweep", "make_sweep", "plot_metric", "point_commands",
-           "point_names", "product", "run_point", "run_sweep", "shell_line", "with_overrides", "write_results",
-           "zip_axes"]
+           "point_names", "product", "require_trained", "run_point", "run_sweep", "shell_line", "with_overrides",
+           "write_results", "zip_axes"]
 
 
 def __getattr__(name: str) -> Any:

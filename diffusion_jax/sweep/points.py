@@ -83,6 +83,15 @@ def with_overrides(points: Iterable[Mapping], overrides: Optional[Mapping] = Non
     return result
 
 
+def require_trained(workdir: str, command: str, what: str) -> None:
+    """FileNotFoundError unless `workdir/checkpoints` exists: for sweeps that sample one trained model, so a missing
+    model fails when the sweep loads, naming the folder and the command that trains it, not once per point."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(
+            f"{what} samples the trained model in {workdir}/checkpoints, which does not exist (looked in "
+            f"{os.path.abspath(workdir)}); train it first with the README command:  {command}")
+
+
 def format_value(value: Any) -> str:
     """The command-line text of an override value, as main.py's `--config.KEY=TEXT` parses it back for that field."""
     if isinstance(value, bool):

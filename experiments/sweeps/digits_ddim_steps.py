@@ -7,9 +7,7 @@ digits (30 per class, same seed) from the one model the README's main run traine
 Sampling seconds are the wall-clock of each point's whole sampling call, its one XLA compile included; add
 --metric=sampling_seconds (or accuracy) to plot another column of the table.
 """
-import os
-
-from diffusion_jax.sweep import product, with_overrides
+from diffusion_jax.sweep import product, require_trained, with_overrides
 
 MODES = ("sample", "eval")
 METRIC = "fd"
@@ -20,11 +18,7 @@ README_COMMAND = f"python -m diffusion_jax.main --config=experiments/digits.py -
 
 def get_sweep():
     """(base config, points): DDIM with 10, 20, 50, 100 and 250 steps, all sampling the trained model."""
-    if not os.path.isdir(os.path.join(TRAINED_WORKDIR, "checkpoints")):
-        raise FileNotFoundError(
-            f"the DDIM-steps sweep samples the trained model in {TRAINED_WORKDIR}/checkpoints, which does not exist "
-            f"(looked in {os.path.abspath(TRAINED_WORKDIR)}); train it first with the README command:  "
-            f"{README_COMMAND}")
+    require_trained(TRAINED_WORKDIR, README_COMMAND, "the DDIM-steps sweep")
     points = product({"sample.steps": [10, 20, 50, 100, 250]})
     # 300 digits in one chunk of 300: no padding drawn beyond the digits counted in images/s.
     return "experiments/digits.py", with_overrides(points, {
