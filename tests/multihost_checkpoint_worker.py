@@ -3,9 +3,9 @@
     python tests/multihost_checkpoint_worker.py --dir CKPT --inject KIND --coordinator_address 127.0.0.1:PORT
         --num_processes 2 --process_id I
 
-Both processes save steps 1 and 2 together. Then process 1 alone sees step 2 as KIND: 'damaged' (a ValueError, what a
-CRC-32 mismatch raises, after the reads) or 'oserror' (a transient OSError, which is not damage); process 0 reads every step fine. Each
-prints `WORKER {"restored": step}` or `WORKER {"error": "Type: message"}`.
+Both processes save steps 1 and 2 together. Then process 1 alone sees step 2 as KIND: 'damaged' (a ValueError, what
+a CRC-32 mismatch raises, after the reads) or 'oserror' (a transient OSError, which is not damage); process 0 reads
+every step fine. Each prints `WORKER {"restored": step, "w": ...}` or `WORKER {"error": "Type: message"}`.
 """
 import argparse
 import json
