@@ -11,6 +11,11 @@ The same train step is timed three ways, side by side: on pre-built device batch
 `trainers.loop.train_loop` (batches built from the step on the host, metrics fetched at log steps only, the next batch
 prefetched while a step runs); and through a loop that fetches each step's metrics before building the next batch
 (what `train_loop` did before issue 14). The ratios say what the host side of the loop costs.
+
+For scale it measures the peak the same devices reach on a large float32 matmul (one per device, in parallel) and
+prints the train step's achieved FLOP/s as a fraction of it. `--samplers` times other samplers beside the config's
+(1,000 guided images each, same model), with the ratio of images/s to the first; their quality at each step count
+comes from the samplers sweep (experiments/sweeps/digits_samplers.py), not from this untrained model.
 """
 import json
 import os
@@ -20,7 +25,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from diffusion_jax.config import load_config
 from diffusion_jax.data import pipeline
@@ -35,7 +40,10 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "model c
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20, "timed train steps (each of the three ways)")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "train batch size (0 = the config's)")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "images to draw")
-_SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 50, "DDIM steps")
+_SAMPLERS = flags.DEFINE_list("samplers", ["ddim:50", "unipc:10", "dpmpp_2m:10", "unipc:5"],
+                              "sampler:steps pairs timed side by side, images/s relative to the first (ddim:50 was "
+                              "the default before issue 13)")
+_MATMUL = 2048  # matmul peak: (2048 x 2048) @ (2048 x 2048) float32 on each device
 
 
 def _flops(fn, *args) -> float:
@@ -75,12 +83,43 @@ def _loop_speeds(dp, step, state, batch_size: int, num_steps: int) -> tuple[floa
     return loop_ips, synced_ips
 
 
+def _matmul_peak(dp) -> float:
+    """GFLOP/s of all `dp` devices, each multiplying two 2048 x 2048 float32 matrices (the best of 5 timed rounds)."""
+    step = dp.lift(lambda a, b: a @ b, ("sharded", "sharded"), "sharded")
+    x = dp.shard_batch(np.random.default_rng(0).standard_normal((dp.num_devices * _MATMUL, _MATMUL), np.float32))
+    jax.block_until_ready(step(x, x))
+    best = float("inf")
+    for _ in range(5):
+        start = time.time()
+        jax.block_until_ready(step(x, x))
+        best = min(best, time.time() - start)
+    return 2 * _MATMUL ** 3 * dp.num_devices / best / 1e9
+
+
+def _sampler_speeds(config, params, specs) -> list[tuple[str, float]]:
+    """Images/s of each "sampler:steps" in `specs` drawing `--num_samples` guided digits, after a warm-up call."""
+    labels = np.arange(_NUM_SAMPLES.value) % 10
+    speeds = []
+    for spec in specs:
+        name, steps = spec.split(":")
+        c = config.copy_and_resolve_references()
+        c.sample.sampler, c.sample.steps = name, int(steps)
+        digits.validate_config(c)
+        sampler = digits.make_task(c).sampler()
+        sampler(params, labels[:1], seed=0, guidance=3.0)
+        start = time.time()
+        sampler(params, labels, seed=0, guidance=3.0)
+        speeds.append((spec, _NUM_SAMPLES.value / (time.time() - start)))
+    return speeds
+
+
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every checkpoint file at INFO
+        logging.set_verbosity(logging.WARNING)
     config = load_config(_CONFIG.value)
     split_cpu(_CPU_DEVICES.value, (_BATCH.value or config.train.batch_size))  # before JAX starts its backend
     config.model.dtype = _DTYPE.value
-    config.sample.steps = _SAMPLE_STEPS.value
     if _BATCH.value:
         config.train.batch_size = _BATCH.value
     digits.validate_config(config)
@@ -129,10 +168,15 @@ def main(argv):
     sample_ips = len(images) / (time.time() - start)
     sample_flops = fwd_flops * 2 * config.sample.steps  # guided: conditional + unconditional call per step
 
+    peak = _matmul_peak(dp)
+    speeds = _sampler_speeds(config, params, _SAMPLERS.value) if _SAMPLERS.value else []
+
     print(f"model: {n_params / 1e6:.2f} M params; forward {fwd_flops / 1e6:.1f} MFLOP/image; "
           f"train step {train_flops / 1e6:.1f} MFLOP/image")
     print(f"train:  {train_ips:8.1f} images/s  ({train_flops * train_ips / 1e9:7.1f} GFLOP/s achieved; "
           f"compile {compile_train:.1f} s)")
+    print(f"matmul peak: {peak:7.1f} GFLOP/s ({_MATMUL}^3 float32 on each of {dp.num_devices} devices); "
+          f"train step at {train_flops * train_ips / 1e9 / peak:.0%} of it")
     print(f"train through the loop: {loop_ips:8.1f} images/s = {loop_ips / train_ips:.2f} x pre-built batches "
           f"(train_loop: batches from pipeline.get_batch, metrics fetched every {_LOG_EVERY} steps)")
     print(f"train, fetch every step: {synced_ips:8.1f} images/s = {synced_ips / train_ips:.2f} x pre-built batches "
@@ -140,6 +184,9 @@ def main(argv):
     print(f"sample: {sample_ips:8.1f} images/s  ({sample_flops * sample_ips / 1e9:7.1f} GFLOP/s achieved; "
           f"{_NUM_SAMPLES.value} images, {config.sample.sampler} {config.sample.steps} steps, guided; "
           f"warm-up call {warmup_sample:.1f} s = compile + one chunk of {config.sample.batch_size})")
+    for spec, ips in speeds:
+        print(f"sample {spec:>12}: {ips:8.1f} images/s = {ips / speeds[0][1]:5.2f} x {speeds[0][0]} "
+              f"({_NUM_SAMPLES.value} images, guided)")
 
 
 if __name__ == "__main__":

@@ -120,8 +120,8 @@ def train_group(num_steps: int, ema_decay: float, **overrides) -> ml_collections
 def sample_group(**overrides) -> ml_collections.ConfigDict:
     """The `sample` group of the image generators: the sampler, what to draw (the task's keys), where to write it."""
     return _group(dict(
-        sampler="ddim",  # ddim | ddpm | dpmpp_2m (DPM-Solver++ 2M) | unipc (UniPC bh2)
-        steps=50,
+        sampler="unipc",  # ddim | ddpm | dpmpp_2m (DPM-Solver++ 2M) | unipc (UniPC bh2); README: samplers sweep
+        steps=10,
         eta=0.0,
         guidance=3.0,
         output="",  # .npz path; "" = WORKDIR/samples/samples.npz (a PNG grid is written beside it)

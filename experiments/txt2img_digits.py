@@ -51,6 +51,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         prompts="",  # ';'-separated prompts
         prompts_file="",  # one prompt a line
         num_per_prompt=4,
+        checkpoint_workdir="",  # sample/eval the U-Net of another run's workdir ("" = this run's)
     )
 
     c.eval = ml_collections.ConfigDict()

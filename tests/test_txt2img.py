@@ -214,6 +214,23 @@ def test_bad_prompts_are_clear_errors(e2e):
                for w in caught)
 
 
+def test_sampling_reads_the_unet_of_sample_checkpoint_workdir(e2e, tmp_path):
+    """A sweep point samples another run's U-Net (sample.checkpoint_workdir) and CLIP (clip.workdir) and writes
+    nothing but its own outputs; a folder without checkpoints is named in the error."""
+    workdir, _ = e2e
+    config = load_config(TINY)
+    config.sample.checkpoint_workdir, config.clip.workdir = workdir, os.path.join(workdir, "clip")
+    model = txt2img.TextToImage.load(config, str(tmp_path / "point"))
+    state = model.load_state(str(tmp_path / "point"))
+    own = txt2img.TextToImage.load(load_config(TINY), workdir).load_state(workdir)
+    assert int(state.step) == int(own.step) == config.train.num_steps
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(own.ema_params)))
+    assert not os.path.exists(tmp_path / "point")
+    config.sample.checkpoint_workdir = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"nowhere/checkpoints.*text-to-image U-Net.*sample.checkpoint_workdir"):
+        model.task.load_for_sampling(str(tmp_path / "point"), "the text-to-image U-Net")
+
+
 def test_generate_and_the_text_tower_compile_once_per_shape(e2e, monkeypatch):
     """Repeated `generate` calls reuse one compiled sampler per chunk size, and the CLIP encoder pads remainders."""
     workdir, _ = e2e

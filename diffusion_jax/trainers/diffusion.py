@@ -272,6 +272,19 @@ class DiffusionTask:
         and `hint` (what to run first) when there is none. A checkpoint of another model is refused, leaves named."""
         return restore_latest(os.path.join(workdir, "checkpoints"), jax.eval_shape(self.init_state), hint=hint)
 
+    def load_for_sampling(self, workdir: str, what: str) -> tuple[int, TrainState]:
+        """(step, state) of the newest good checkpoint of `sample.checkpoint_workdir` ("" = this run's `workdir`).
+
+        Sampling another run's checkpoint lets many sampling runs (e.g. a sweep over samplers and steps) share one
+        trained model; the config must describe the same model, or the restore names the mismatched leaves. `what`
+        names the model in the error when there is no checkpoint.
+        """
+        other = self.config.sample.checkpoint_workdir
+        source = other or workdir
+        key = (f"config.sample.checkpoint_workdir={source!r}" if other
+               else "the run's own --workdir; set config.sample.checkpoint_workdir to sample another run's model")
+        return self.load_state(source, f"({what}; {key}): train first with --mode=train --workdir={source}")
+
     def train(self, workdir: str, get_batch: Callable[[int], dict], *, grid_cond: Any = None,
               grid_rows: Sequence[np.ndarray] = (), grid_titles: Optional[Sequence[str]] = None,
               description: str = "train") -> TrainState:

@@ -87,26 +87,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     return state
 
 
-def load_state(task: diffusion.DiffusionTask, workdir: str) -> tuple[int, TrainState]:
-    """(step, state) of the latest good checkpoint of `sample.checkpoint_workdir` ("" = this run's `workdir`).
-
-    Sampling from another run's checkpoint lets many sampling runs (e.g. a sweep over DDIM steps) share one trained
-    model; the config must describe the same model, or the restore names the mismatched leaves.
-    """
-    other = task.config.sample.checkpoint_workdir
-    source = other or workdir
-    key = (f"config.sample.checkpoint_workdir={source!r}" if other
-           else "the run's own --workdir; set config.sample.checkpoint_workdir to sample another run's model")
-    return task.load_state(source, f"({key}): train first with --mode=train --workdir={source}")
-
-
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Draws `sample.num_per_class` digits for each label in `sample.labels` from the latest checkpoint of
     `sample.checkpoint_workdir` (default: `workdir`); writes npz + PNG + JSON (sampling time, images/s); returns the
     npz path."""
     validate_config(config)
     task = make_task(config)
-    _, state = load_state(task, workdir)
+    _, state = task.load_for_sampling(workdir, "the digit model")
     return _sample(config, workdir, task, state)
 
 

@@ -132,8 +132,9 @@ class TextToImage:
         return {"image": raw["image"], **cond}
 
     def load_state(self, workdir: str) -> TrainState:
-        """The latest good U-Net state in `workdir`; FileNotFoundError naming the folder if there is none."""
-        return self.task.load_state(workdir, "(the text-to-image U-Net): train first (--mode=train)")[1]
+        """The latest good U-Net state of `sample.checkpoint_workdir` (default `workdir`); FileNotFoundError naming
+        the folder if there is none."""
+        return self.task.load_for_sampling(workdir, "the text-to-image U-Net")[1]
 
 
 def to_batch(arrays: dict) -> dict:
