@@ -374,11 +374,16 @@ def prepare_tfds(data_dir: str | os.PathLike, *, seed: int = 0, source: str = 'b
     """
     builder = CaptionedDigits(data_dir=os.fspath(data_dir), seed=seed, source=source, tfds_data_dir=tfds_data_dir,
                               num_examples=num_examples)
+    return prepare_once(builder, {'seed': seed, 'source': source, 'num_examples': num_examples})
+
+
+def prepare_once(builder: tfds.core.DatasetBuilder, wanted: dict) -> tfds.core.DatasetBuilder:
+    """Prepares ``builder`` as array_record unless it is prepared already with the settings ``wanted`` (saved in its
+    ``info.metadata``); prepared with other settings: ValueError, never silently serving different data."""
     if builder.is_prepared():
-        wanted = {'seed': seed, 'source': source, 'num_examples': num_examples}
         found = {key: builder.info.metadata.get(key) for key in wanted}
         if found != wanted:
-            raise ValueError(f'captioned_digits in {os.fspath(builder.data_dir)!r} was prepared with {found}, '
+            raise ValueError(f'{builder.name} in {os.fspath(builder.data_dir)!r} was prepared with {found}, '
                              f'not {wanted}; delete that folder or choose another data_dir.')
         return builder
     builder.download_and_prepare(file_format='array_record')
