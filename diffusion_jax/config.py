@@ -5,6 +5,7 @@ This module imports nothing of the package: each task's validator lives beside i
 (`trainers/digits.py`, `trainers/txt2img.py`, `trainers/clip.py`) and knows the choices its modules offer.
 """
 import importlib.util
+import math
 import os
 from typing import Sequence
 
@@ -45,9 +46,10 @@ def check_choice(config, key: str, choices: Sequence[str]) -> None:
 
 
 def check_number(config, key: str, minimum: float = 1, maximum: float = float("inf")) -> None:
-    """ConfigError unless config.<key> is a number (not a bool) in [minimum, maximum]."""
+    """ConfigError unless config.<key> is a finite number (not a bool) in [minimum, maximum]."""
     value = get(config, key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not minimum <= value <= maximum:
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            or not minimum <= value <= maximum):
         bound = f">= {minimum}" if maximum == float("inf") else f"in [{minimum}, {maximum}]"
         raise ConfigError(f"config.{key}={value!r} must be a number {bound}")
 
@@ -86,6 +88,7 @@ def unet_model(**overrides) -> ml_collections.ConfigDict:
 def diffusion_group(**overrides) -> ml_collections.ConfigDict:
     """The `diffusion` group (noise schedule, prediction target, loss) of the diffusion experiments."""
     return _group(dict(
+        space="pixel",  # text to image: pixel | latent (the U-Net denoises the latents of config.autoencoder)
         schedule="cosine",  # linear | cosine
         num_steps=1000,  # training timesteps T
         # v (Salimans & Ho 2022) learns the high-noise regime far faster than eps in a short CPU run (measured: eps

@@ -35,7 +35,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "a power of two dividing train.batch_size; 0: leave XLA_FLAGS alone). Ignored when XLA_FLAGS already sets "
     "--xla_force_host_platform_device_count. Has no effect on GPU/TPU runs.")
 
-TASKS = ("digits", "clip", "txt2img")
+TASKS = ("digits", "clip", "txt2img", "autoencoder")
 
 
 def run(config, workdir: str, mode: str):
@@ -53,6 +53,11 @@ def run(config, workdir: str, mode: str):
         if mode == "embed":
             raise ConfigError("--mode=embed is CLIP's; for text embeddings use the CLIP workdir (config.clip.workdir)")
         return {"train": txt2img.train, "sample": txt2img.sample, "eval": txt2img.evaluate}[mode](config, workdir)
+    if task == "autoencoder":
+        from diffusion_jax.trainers import autoencoder
+        if mode not in ("train", "eval"):
+            raise ConfigError(f"--mode={mode} is not available for config.task='autoencoder'; it supports train, eval")
+        return {"train": autoencoder.train, "eval": autoencoder.evaluate}[mode](config, workdir)
     if mode == "embed":
         raise ConfigError(f"--mode=embed needs a CLIP config (config.task='clip'), got config.task={task!r}")
     from diffusion_jax.trainers import digits

@@ -14,7 +14,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
+    c.data.dataset = "captioned_digits"  # captioned_digits (32x32, one digit) | scenes (64x64, two digits)
     c.data.source = "bundled"
+    c.data.captions_per_image = 1  # scenes: captions per scene, one drawn per step (1..8)
     c.data.train_copies = 5  # examples per training digit, each in a different (colour, layout)
     c.data.max_shift = 2  # random translation (pixels) of training images
 
@@ -27,6 +29,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.text_heads = 4
     c.model.norm_groups = 8
     c.model.factorize_color = True  # image tower: shape from intensity, colour from the mean ink colour
+    c.model.stem_stride = 1  # 2: the image tower's stages run at half the resolution
+    c.model.pool = "mean"  # mean (global average) | flatten (the last feature map: where things are)
 
     c.train = train_group(
         num_steps=2000,
@@ -35,6 +39,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         learning_rate=1e-3,
         weight_decay=1e-4,
         loss="infonce",  # infonce (CLIP) | sigmoid (SigLIP, for ablations)
+        hard_negatives=False,  # scenes + infonce: NegCLIP's binding negatives in the image->text softmax
         final_eval=True,
     )
 

@@ -33,6 +33,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.clip.workdir = ""  # "" = WORKDIR/clip
 
     c.data = ml_collections.ConfigDict()
+    c.data.dataset = "captioned_digits"  # captioned_digits | scenes (experiments/txt2img_scenes.py)
     c.data.source = "bundled"  # MNIST digits under the captioned-digits spec (see data/captioned_digits.py)
     c.data.train_copies = 5  # captioned examples per training digit, each a different (colour, layout)
 

@@ -148,3 +148,37 @@ def test_local_only_loss_would_differ():
     local_loss = float(dp.unreplicate(local(dp.replicate(params), dp.shard_batch(batch))))
     global_loss = float(_reference_loss("infonce", params, batch))
     assert abs(local_loss - global_loss) > 0.1
+
+
+def _np_infonce_with_negatives(img, txt, neg, scale):
+    """NegCLIP: the image->text cross-entropy also has the hard negatives as keys; text->image is plain CLIP's."""
+    img, txt, neg = (a.astype(np.float64) for a in (img, txt, neg))
+    keys = np.concatenate([txt, neg])
+    n = img.shape[0]
+    i2t = np.mean([np.log(np.sum(np.exp(scale * img[i] @ keys.T))) - scale * img[i] @ txt[i] for i in range(n)])
+    t2i = np.mean([np.log(np.sum(np.exp(scale * txt[i] @ img.T))) - scale * txt[i] @ img[i] for i in range(n)])
+    return 0.5 * (i2t + t2i)
+
+
+@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
+def test_hard_negatives_match_numpy_and_eight_devices_equal_one(mode):
+    rng = np.random.default_rng(3)
+    img, txt = _normalised(rng, GLOBAL_BATCH, DIM), _normalised(rng, GLOBAL_BATCH, DIM)
+    neg = _normalised(rng, 3 * GLOBAL_BATCH, DIM)
+    as32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    got = infonce_loss(as32(img), as32(txt), 5.0, negative_text_emb=as32(neg))
+    np.testing.assert_allclose(float(got), _np_infonce_with_negatives(img, txt, neg, 5.0), rtol=1e-5)
+    # The negatives make the loss larger than without them (more keys in the image->text softmax).
+    assert float(got) > float(infonce_loss(as32(img), as32(txt), 5.0))
+    dp = DataParallel(mode)
+    # Negatives travel sharded with their images (3 per image), as the CLIP batch carries them.
+    per_device = lambda i, t, n: jax.lax.pmean(  # noqa: E731
+        infonce_loss(i, t, 5.0, axis_name=AXIS, negative_text_emb=n.reshape(-1, DIM)), AXIS)
+    lifted = dp.lift(per_device, ("sharded", "sharded", "sharded"), "replicated")
+    batch = dp.shard_batch({"i": img.astype(np.float32), "t": txt.astype(np.float32),
+                            "n": neg.reshape(GLOBAL_BATCH, 3, DIM).astype(np.float32)})
+    spread = float(np.asarray(dp.unreplicate(lifted(batch["i"], batch["t"], batch["n"]))))
+    assert dp.num_devices == 8
+    np.testing.assert_allclose(spread, float(got), rtol=1e-5)
+    with pytest.raises(ValueError, match="negative_text_emb"):
+        infonce_loss(as32(img), as32(txt), 5.0, negative_text_emb=as32(neg[:, :3]))

@@ -168,6 +168,16 @@ def test_config_validation_in_process():
     config.diffusion.loss_weighting = "snr"
     with pytest.raises(ConfigError, match="diffusion.loss_weighting"):
         digits.validate_config(config)
+    for guidance in (float("inf"), float("nan"), -1.0):  # a guidance scale must be a finite number >= 0
+        config = load_config(TINY)
+        config.sample.guidance = guidance
+        with pytest.raises(ConfigError, match="sample.guidance"):
+            digits.validate_config(config)
+    for steps in (0, 101):  # the sampler's steps: 1 .. the training timesteps
+        config = load_config(TINY)
+        config.sample.steps = steps
+        with pytest.raises(ConfigError, match="sample.steps"):
+            digits.validate_config(config)
     with pytest.raises(ConfigError, match="preset|does not exist"):
         load_config(os.path.join(ROOT, "experiments/nope.py"))
 

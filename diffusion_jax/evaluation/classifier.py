@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from diffusion_jax.data import mnist
+
 IMAGE_SHAPE = (32, 32, 1)
 NUM_CLASSES = 10
 PARAMS_FILENAME = "classifier.msgpack"
@@ -302,3 +304,12 @@ def load_or_train_classifier(
     _atomic_write(params_path, flax.serialization.to_bytes(params))
     _atomic_write(info_path, json.dumps(info, indent=2).encode())
     return params
+
+
+def load_or_train_on_source(directory: str, source: str, *, seed: int, steps: int) -> Any:
+    """`load_or_train_classifier` on the real training digits of an MNIST source (`mnist.load_mnist`), held-out
+    accuracy on its 'test' digits: the digit classifier of the attribute checkers (text to image, scenes)."""
+    train_x, train_y = mnist.load_mnist(source, "train")
+    test_x, test_y = mnist.load_mnist(source, "test")
+    return load_or_train_classifier(directory, mnist.to_model_images(train_x), train_y, seed=seed,
+                                    heldout_images=mnist.to_model_images(test_x), heldout_labels=test_y, steps=steps)

@@ -39,6 +39,9 @@ def _check_text(ids: jnp.ndarray, mask: jnp.ndarray, max_length: int) -> None:
         raise ValueError(f"ids length {ids.shape[1]} exceeds the text tower's max_length={max_length}")
 
 
+POOLS = ("mean", "flatten")
+
+
 class ImageTower(nn.Module):
     """A cheap ConvNet: 3x3 stem, then one stride-2 stage per further entry of `channels`, global average pool.
 
@@ -56,6 +59,9 @@ class ImageTower(nn.Module):
       features: width of the output features.
       factorize_color: shape from intensity, colour from the mean ink colour (see above).
       norm_groups: GroupNorm groups (reduced to a divisor of the channel count where needed).
+      stem_stride: stride of the stem (2 halves the resolution the stages run at: 64x64 scenes at 32x32's cost).
+      pool: 'mean' (global average: where a thing is does not matter) or 'flatten' (the last feature map flattened
+        into the Dense: where things are, and so their relation, reaches the embedding).
       dtype: compute dtype; the output is float32.
     """
 
@@ -63,6 +69,8 @@ class ImageTower(nn.Module):
     features: int = 128
     norm_groups: int = 8
     factorize_color: bool = False
+    stem_stride: int = 1
+    pool: str = "mean"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -83,11 +91,14 @@ class ImageTower(nn.Module):
             intensity = jnp.max(pixels, axis=-1, keepdims=True)
             color = jnp.sum(pixels * intensity, axis=(1, 2)) / jnp.maximum(jnp.sum(intensity, axis=(1, 2)), 1e-6)
             x = intensity * 2.0 - 1.0
-        h = conv_norm_act(x.astype(self.dtype), self.channels[0], 1)
+        if self.pool not in POOLS:
+            raise ValueError(f"ImageTower.pool={self.pool!r} is not one of {POOLS}")
+        h = conv_norm_act(x.astype(self.dtype), self.channels[0], self.stem_stride)
         for ch in self.channels[1:]:
             h = conv_norm_act(h, ch, 2)
             h = conv_norm_act(h, ch, 1)
-        h = nn.Dense(self.features, dtype=self.dtype)(jnp.mean(h, axis=(1, 2)))
+        h = jnp.mean(h, axis=(1, 2)) if self.pool == "mean" else h.reshape(h.shape[0], -1)
+        h = nn.Dense(self.features, dtype=self.dtype)(h)
         if self.factorize_color:
             c = nn.silu(nn.Dense(self.features, dtype=self.dtype)(color.astype(self.dtype)))
             h = h + nn.Dense(self.features, dtype=self.dtype)(c)
@@ -183,6 +194,7 @@ class CLIP(nn.Module):
       text_width, text_layers, text_heads: TextTower size.
       norm_groups: GroupNorm groups of the image tower.
       factorize_color: the image tower's shape/colour factorisation (see ImageTower).
+      image_stem_stride, image_pool: the image tower's stem stride and pooling (see ImageTower).
       logit_scale_init, logit_scale_max: initial log-temperature and the clamp on exp(logit_scale).
       dtype: compute dtype (float32 or bfloat16); all outputs are float32.
     """
@@ -196,6 +208,8 @@ class CLIP(nn.Module):
     text_heads: int = 4
     norm_groups: int = 8
     factorize_color: bool = False
+    image_stem_stride: int = 1
+    image_pool: str = "mean"
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = 100.0
     logit_bias_init: float = -10.0  # SigLIP's bias b (Zhai et al. 2023); unused by the InfoNCE loss
@@ -203,7 +217,7 @@ class CLIP(nn.Module):
 
     def setup(self):
         self.image_tower = ImageTower(self.image_channels, self.embed_dim, self.norm_groups, self.factorize_color,
-                                      self.dtype)
+                                      self.image_stem_stride, self.image_pool, self.dtype)
         self.text_tower = TextTower(
             self.vocab_size, self.max_length, self.text_width, self.text_layers, self.text_heads, self.dtype
         )
@@ -213,7 +227,7 @@ class CLIP(nn.Module):
         self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.logit_bias_init), ())
 
     def encode_image(self, images: jnp.ndarray) -> jnp.ndarray:
-        """Images float [B, 32, 32, 3] in [-1, 1] -> unit-norm embeddings float32 [B, embed_dim]."""
+        """Images float [B, H, W, 3] in [-1, 1] -> unit-norm embeddings float32 [B, embed_dim]."""
         return l2_normalize(self.image_proj(self.image_tower(images).astype(self.dtype)))
 
     def encode_text(self, ids: jnp.ndarray, mask: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:

@@ -1,4 +1,10 @@
-"""CLIP on captioned digits (phase 3): contrastive training, zero-shot evaluation, retrieval, embeddings.
+"""CLIP (phase 3): contrastive training, zero-shot evaluation, retrieval, embeddings, and on two-digit scenes a
+binding test.
+
+`config.data.dataset` picks the data: 'captioned_digits' (one 32x32 digit, its colour and position) or 'scenes'
+(two digits in a relation on a 64x64 canvas, `data/scenes.py`). On scenes, `train.hard_negatives` adds each
+caption's binding negatives (colours swapped, digits swapped, relation flipped) to the image->text softmax
+(NegCLIP's recipe), and the evaluation reports how often the true caption outscores each kind of negative.
 
 Reuses the shared loop, checkpoints and data-parallel lift of the digits task. The tokenizer is built from the
 training captions and saved beside the checkpoints (`workdir/tokenizer.json`) by `train`; a resumed run, and every
@@ -20,18 +26,21 @@ from diffusion_jax.checkpoint import restore_latest
 from diffusion_jax.config import ConfigError
 from diffusion_jax.data import captioned_digits as cd
 from diffusion_jax.data import mnist, pipeline
-from diffusion_jax.models.clip import CLIP
+from diffusion_jax.data import scenes
+from diffusion_jax.models.clip import CLIP, POOLS
 from diffusion_jax.parallel import AXIS, MODES, DataParallel
 from diffusion_jax.text.tokenizer import Tokenizer
 from diffusion_jax.trainers import loop
 from diffusion_jax.trainers.contrastive import infonce_loss, sigmoid_loss
 from diffusion_jax.trainers.state import TrainState, apply_gradients, make_optimizer
 
-IMAGE_SHAPE = (32, 32, 3)
+IMAGE_SHAPES = {"captioned_digits": (32, 32, 3), "scenes": (scenes.CANVAS_SIZE, scenes.CANVAS_SIZE, 3)}
+DATASETS = tuple(IMAGE_SHAPES)
+IMAGE_SHAPE = IMAGE_SHAPES["captioned_digits"]
 
 
 def to_model_images(images_uint8: np.ndarray) -> np.ndarray:
-    """uint8 [N,32,32,3] -> float32 in [-1, 1]."""
+    """uint8 [N,H,W,3] -> float32 in [-1, 1]."""
     return images_uint8.astype(np.float32) / 127.5 - 1.0
 
 
@@ -42,7 +51,16 @@ TOKENIZER_FILE = "tokenizer.json"
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks every value the CLIP task reads; raises ConfigError naming the first bad key."""
     config_lib.check_choice(config, "data.source", mnist.SOURCES)
+    config_lib.check_choice(config, "data.dataset", DATASETS)
+    config_lib.check_choice(config, "model.pool", POOLS)
+    config_lib.check_number(config, "model.stem_stride", 1, 4)
+    if config.data.dataset == "scenes":
+        config_lib.check_number(config, "data.captions_per_image", 1, scenes.MAX_CAPTIONS)
+        config_lib.check_number(config, "data.num_examples", 0)  # 0: train_copies scenes per training digit
     config_lib.check_choice(config, "train.loss", LOSSES)
+    if config.train.hard_negatives and (config.data.dataset != "scenes" or config.train.loss != "infonce"):
+        raise ConfigError(f"config.train.hard_negatives=True needs config.data.dataset='scenes' and "
+                          f"config.train.loss='infonce' (got {config.data.dataset!r}, {config.train.loss!r})")
     config_lib.check_choice(config, "train.parallel", MODES)
     config_lib.check_number(config, "data.train_copies", 1, 25)  # a digit has 25 colour x layout combinations
     config_lib.check_number(config, "data.max_shift", 0)
@@ -61,10 +79,27 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def build_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
     """The vocabulary of the training captions and every canonical prompt (renders the training captions)."""
-    captions = cd.make_dataset("train", seed=config.seed, source=config.data.source)["caption"]
-    prompts = [cd.canonical_caption(d, c, l, numeral=n) for d, c, l, n in
-               itertools.product(range(10), cd.COLORS, cd.LAYOUTS, (True, False))]
+    if config.data.dataset == "scenes":
+        captions = scenes.make_dataset("train", seed=config.seed, source=config.data.source,
+                                       num_examples=config.data.num_examples or None,
+                                       captions_per_image=config.data.captions_per_image)["captions"].reshape(-1)
+        prompts = [scenes.canonical_caption((d, (d + 1) % 10), (c, (c + 1) % 6), r, numeral=n) for d, c, r, n in
+                   itertools.product(range(10), range(len(cd.COLORS)), scenes.RELATIONS, (True, False))]
+    else:
+        captions = cd.make_dataset("train", seed=config.seed, source=config.data.source)["caption"]
+        prompts = [cd.canonical_caption(d, c, l, numeral=n) for d, c, l, n in
+                   itertools.product(range(10), cd.COLORS, cd.LAYOUTS, (True, False))]
     return Tokenizer.build(list(captions) + prompts, max_length=config.model.max_length)
+
+
+def scene_negatives(digits: np.ndarray, colors: np.ndarray, relation: np.ndarray) -> np.ndarray:
+    """The hard-negative captions [N, 3] of scenes, in `scenes.HARD_NEGATIVE_KINDS` order; a 'swap_digits' that
+    would be the same scene (equal digits) is replaced by the 'swap_colors' caption (the batch keeps its shape)."""
+    out = np.empty((len(relation), len(scenes.HARD_NEGATIVE_KINDS)), dtype=object)
+    for i, (d, c, r) in enumerate(zip(digits, colors, relation)):
+        negatives = scenes.hard_negatives(d, c, r)
+        out[i] = [negatives[k] or negatives["swap_colors"] for k in scenes.HARD_NEGATIVE_KINDS]
+    return out
 
 
 def load_tokenizer(workdir: str) -> Tokenizer:
@@ -81,19 +116,20 @@ class ClipTask:
     def __init__(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer):
         self.config = config
         self.tokenizer = tokenizer
+        self.image_shape = IMAGE_SHAPES[config.data.dataset]
         self.dp = DataParallel(config.train.parallel)
         m = config.model
         self.model = CLIP(vocab_size=tokenizer.vocab_size, max_length=m.max_length, embed_dim=m.embed_dim,
                           image_channels=tuple(m.image_channels), text_width=m.text_width,
                           text_layers=m.text_layers, text_heads=m.text_heads, norm_groups=m.norm_groups,
-                          factorize_color=m.factorize_color)
+                          factorize_color=m.factorize_color, image_stem_stride=m.stem_stride, image_pool=m.pool)
         t = config.train
         self.tx = make_optimizer(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, num_steps=t.num_steps,
                                  weight_decay=t.weight_decay, grad_clip=t.grad_clip)
 
     def init_state(self) -> TrainState:
         ids = np.zeros((2, self.config.model.max_length), np.int32)
-        params = self.model.init(jax.random.key(self.config.seed), np.zeros((2,) + IMAGE_SHAPE, np.float32), ids,
+        params = self.model.init(jax.random.key(self.config.seed), np.zeros((2,) + self.image_shape, np.float32), ids,
                                  ids > 0)
         return TrainState.create(params, self.tx)
 
@@ -104,6 +140,9 @@ class ClipTask:
         """
         c = self.config
         num_train = c.data.train_copies * len(mnist.load_mnist(c.data.source, "train")[1]) if split == "train" else None
+        if c.data.dataset == "scenes":
+            return self._scene_data(split, c.data.num_examples or num_train if split == "train" else None,
+                                    model_images)
         raw = cd.make_dataset(split, seed=c.seed if split == "train" else c.seed + 1, source=c.data.source,
                               num_examples=num_train)
         ids, mask = self.tokenizer.encode(list(raw["caption"]))
@@ -111,13 +150,38 @@ class ClipTask:
         return {"image": images, "ids": ids, "mask": mask, "digit": raw["digit"],
                 "color": raw["color"], "layout": raw["layout"], "heldout_combo": raw["heldout_combo"]}
 
+    def _scene_data(self, split: str, num_train, model_images: bool) -> dict:
+        """Two-digit scenes: 'train' has `data.captions_per_image` captions per scene (ids/mask [N, K, L], one drawn
+        per step by `train_batch`); with `train.hard_negatives`, each scene's 3 negatives (neg_ids [N, 3, L])."""
+        c = self.config
+        raw = scenes.make_dataset(split, seed=c.seed if split == "train" else c.seed + 1, source=c.data.source,
+                                  num_examples=num_train, captions_per_image=c.data.captions_per_image)
+        n, k = raw["captions"].shape
+        ids, mask = self.tokenizer.encode(list(raw["captions"].reshape(-1)))
+        out = {"image": to_model_images(raw["image"]) if model_images else raw["image"],
+               "ids": ids.reshape(n, k, -1), "mask": mask.reshape(n, k, -1),
+               **{key: raw[key] for key in ("digits", "colors", "relation", "heldout")}}
+        if c.train.hard_negatives and split == "train":
+            neg_ids, neg_mask = self.tokenizer.encode(list(scene_negatives(
+                raw["digits"], raw["colors"], raw["relation"]).reshape(-1)))
+            out.update(neg_ids=neg_ids.reshape(n, -1, ids.shape[-1]), neg_mask=neg_mask.reshape(n, -1, ids.shape[-1]))
+        return out
+
     def train_batch(self, data: dict, step: int) -> dict:
         """Batch `step` of the seeded stream of uint8 `data`, shift-augmented (`config.data.max_shift`), as model
-        inputs. A pure function of (seed, step), so a resumed run sees the same augmented batches."""
+        inputs; with several captions per image, one drawn per example. A pure function of (seed, step), so a
+        resumed run sees the same augmented batches."""
         c = self.config
         b = pipeline.get_batch(data, c.train.batch_size, c.seed, step)
         images = cd.random_shift(b["image"], c.data.max_shift, np.random.default_rng([c.seed, step, 7]))
-        return dict(b, image=to_model_images(images))
+        out = {"image": to_model_images(images), "ids": b["ids"], "mask": b["mask"]}
+        if b["ids"].ndim == 3:  # several captions per image: one per example, drawn from (seed, step)
+            pick = np.random.default_rng([c.seed, step, 11]).integers(0, b["ids"].shape[1], len(images))
+            rows = np.arange(len(images))
+            out.update(ids=b["ids"][rows, pick], mask=b["mask"][rows, pick])
+        if "neg_ids" in b:
+            out.update(neg_ids=b["neg_ids"], neg_mask=b["neg_mask"])
+        return out
 
 
 def make_train_step(model: CLIP, tx: optax.GradientTransformation, ema_decay: float, loss_name: str = "infonce"):
@@ -133,7 +197,12 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, ema_decay: fl
             img, txt, scale = model.apply(params, batch["image"], batch["ids"], batch["mask"])
             if loss_name == "sigmoid":
                 return sigmoid_loss(img, txt, scale, model.apply(params, method=CLIP.bias), axis_name=AXIS)
-            return infonce_loss(img, txt, scale, axis_name=AXIS)
+            negatives = None
+            if "neg_ids" in batch:  # NegCLIP: [b, K, L] hard-negative captions, K per image
+                length = batch["neg_ids"].shape[-1]
+                negatives = model.apply(params, batch["neg_ids"].reshape(-1, length),
+                                        batch["neg_mask"].reshape(-1, length), method=CLIP.encode_text)[0]
+            return infonce_loss(img, txt, scale, axis_name=AXIS, negative_text_emb=negatives)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         grads = lax.pmean(grads, AXIS)
@@ -156,7 +225,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             os.makedirs(workdir, exist_ok=True)
             tokenizer.save(path)
     task = ClipTask(config, tokenizer)
-    data = {k: v for k, v in task.data("train", model_images=False).items() if k in ("image", "ids", "mask")}
+    data = {k: v for k, v in task.data("train", model_images=False).items()
+            if k in ("image", "ids", "mask", "neg_ids", "neg_mask")}
     t = config.train
     step = task.dp.lift(make_train_step(task.model, task.tx, t.ema_decay, t.loss), ("replicated", "sharded"),
                         ("replicated", "replicated"), donate_argnums=(0,))
@@ -200,7 +270,7 @@ class Encoder:
         return self._chunked(self._text, (np.asarray(ids), np.asarray(mask)))
 
     def images(self, images: np.ndarray) -> np.ndarray:
-        """Model images [N, 32, 32, 3] in [-1, 1] -> L2-normalised embeddings [N, D]."""
+        """Model images [N, H, W, 3] in [-1, 1] -> L2-normalised embeddings [N, D]."""
         return self._chunked(self._image, (np.asarray(images, np.float32),))
 
     def embed_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,10 +284,12 @@ class Encoder:
         return pooled, tokens, mask
 
     def embed_images(self, images_uint8: np.ndarray) -> np.ndarray:
-        """uint8 images [N, 32, 32, 3] -> L2-normalised embeddings [N, D]."""
+        """uint8 images [N, H, W, 3] (the task's image shape) -> L2-normalised embeddings [N, D]."""
         images_uint8 = np.asarray(images_uint8)
-        if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[1:] != IMAGE_SHAPE:
-            raise ValueError(f"images must be uint8 [N, 32, 32, 3], got {images_uint8.dtype} {images_uint8.shape}")
+        shape = self.task.image_shape
+        if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[1:] != shape:
+            raise ValueError(f"images must be uint8 [N, {', '.join(map(str, shape))}], got {images_uint8.dtype} "
+                             f"{images_uint8.shape}")
         return self.images(to_model_images(images_uint8))
 
 
@@ -267,6 +339,69 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _evaluate(config: ml_collections.ConfigDict, workdir: str, encoder: Encoder) -> dict:
+    result = (_evaluate_scenes if config.data.dataset == "scenes" else _evaluate_digits)(encoder)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "eval.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    print("clip zero-shot:", " ".join(f"{k} {v:.3f}" for k, v in result.items()))
+    return result
+
+
+def _retrieval(images: np.ndarray, captions: np.ndarray) -> dict:
+    """Recall@1/5 both ways on the held-out set with each image's own caption: is the paired item in the top k?"""
+    sim = images @ captions.T
+    result = {}
+    for direction, s in (("image_to_text", sim), ("text_to_image", sim.T)):
+        rank = np.sum(s > np.diag(s)[:, None], axis=1)  # how many items beat the true pair
+        for k in (1, 5):
+            result[f"{direction}_recall@{k}"] = float(np.mean(rank < k))
+    return result
+
+
+def scene_prompts() -> tuple[list, np.ndarray]:
+    """Every scene in its normalised form (relation 'left of' or 'above'; 6,000: digits x ordered colour pairs x
+    2 relations) as canonical captions, and their (d0, d1, c0, c1, relation) [6000, 5]."""
+    combos = np.asarray([(d0, d1, c0, c1, r) for d0, d1, c0, c1, r in itertools.product(
+        range(10), range(10), range(len(cd.COLORS)), range(len(cd.COLORS)), (0, 2)) if c0 != c1])
+    return [scenes.canonical_caption(c[:2], c[2:4], c[4]) for c in combos], combos
+
+
+def _evaluate_scenes(encoder: Encoder) -> dict:
+    """Zero-shot scene reading (6,000-way over normalised scene prompts: both digits, both colours, relation),
+    retrieval, and the binding test: on held-out images the true caption must outscore each hard negative."""
+    ev = encoder.task.data("test")
+    images = encoder.images(ev["image"])
+    prompts, combos = scene_prompts()
+    pred = combos[np.argmax(images @ encoder.embed_texts(prompts)[0].T, axis=1)]
+    want = np.asarray([np.concatenate([d, c, [r]]) for d, c, r in
+                       (scenes.normalize(*s) for s in zip(ev["digits"], ev["colors"], ev["relation"]))])
+    correct = {"digits": np.all(pred[:, :2] == want[:, :2], 1), "colors": np.all(pred[:, 2:4] == want[:, 2:4], 1),
+               "relation": pred[:, 4] == want[:, 4]}
+    correct["all"] = correct["digits"] & correct["colors"] & correct["relation"]
+    true_captions = [scenes.canonical_caption(*s) for s in zip(ev["digits"], ev["colors"], ev["relation"])]
+    true_emb = encoder.embed_texts(true_captions)[0]
+    true_score = np.sum(images * true_emb, -1)
+    beats = {}
+    for kind in scenes.HARD_NEGATIVE_KINDS:
+        negatives = [scenes.hard_negatives(*s)[kind] for s in zip(ev["digits"], ev["colors"], ev["relation"])]
+        valid = np.asarray([n is not None for n in negatives])
+        neg_emb = encoder.embed_texts([n or t for n, t in zip(negatives, true_captions)])[0]
+        beats[kind] = np.where(valid, true_score > np.sum(images * neg_emb, -1), True)
+        beats[kind + "_valid"] = valid
+    beats_all = np.all([beats[k] for k in scenes.HARD_NEGATIVE_KINDS], axis=0)
+    result = {}
+    for name, subset in (("seen", ~ev["heldout"]), ("heldout", ev["heldout"])):
+        for attr, ok in correct.items():
+            result[f"{name}_zero_shot_{attr}_accuracy"] = float(np.mean(ok[subset]))
+        for kind in scenes.HARD_NEGATIVE_KINDS:
+            counted = subset & beats[kind + "_valid"]
+            result[f"{name}_binding_{kind}_accuracy"] = float(np.mean(beats[kind][counted]))
+        result[f"{name}_binding_all_accuracy"] = float(np.mean(beats_all[subset]))
+    captions = encoder.text(ev["ids"][:, 0], ev["mask"][:, 0])[0]
+    return {**result, **_retrieval(images, captions)}
+
+
+def _evaluate_digits(encoder: Encoder) -> dict:
     combos = list(itertools.product(range(10), range(len(cd.COLORS)), range(len(cd.LAYOUTS))))
     prompts = [cd.canonical_caption(d, cd.COLORS[c], cd.LAYOUTS[l]) for d, c, l in combos]
     text = encoder.embed_texts(prompts)[0]
@@ -277,15 +412,4 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str, encoder: Encoder)
     for name, subset in (("seen", ~ev["heldout_combo"]), ("heldout", ev["heldout_combo"])):
         for i, attr in enumerate(("digit", "color", "layout")):
             result[f"{name}_{attr}_accuracy"] = float(np.mean(pred[subset, i] == ev[attr][subset]))
-    # Retrieval on the held-out set with each image's own caption: is the paired item among the top k?
-    captions = encoder.text(ev["ids"], ev["mask"])[0]
-    sim = images @ captions.T
-    for direction, s in (("image_to_text", sim), ("text_to_image", sim.T)):
-        rank = np.sum(s > np.diag(s)[:, None], axis=1)  # how many items beat the true pair
-        for k in (1, 5):
-            result[f"{direction}_recall@{k}"] = float(np.mean(rank < k))
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "eval.json"), "w") as f:
-            json.dump(result, f, indent=2)
-    print("clip zero-shot:", " ".join(f"{k} {v:.3f}" for k, v in result.items()))
-    return result
+    return {**result, **_retrieval(images, encoder.text(ev["ids"], ev["mask"])[0])}

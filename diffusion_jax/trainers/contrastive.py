@@ -49,7 +49,7 @@ def _gather(x: jax.Array, axis_name: Hashable | None) -> tuple[jax.Array, jax.Ar
 
 
 def infonce_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale, *,
-                 axis_name: Hashable | None = None) -> jax.Array:
+                 axis_name: Hashable | None = None, negative_text_emb: jax.Array | None = None) -> jax.Array:
     """Symmetric InfoNCE loss of CLIP (Radford et al. 2021, Fig. 3 pseudocode) over the global batch.
 
     logits_ij = t * <x_i, y_j> for image i and text j of the global batch of B pairs; the loss is
@@ -65,6 +65,9 @@ def infonce_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale, *,
       image_emb, text_emb: [b, d] L2-normalised embeddings of this device's pairs (row i of each belong together).
       logit_scale: scalar multiplier t (already exponentiated and clamped), not its logarithm.
       axis_name: the device axis (`diffusion_jax.parallel.AXIS`) when called inside a lifted per-device function.
+      negative_text_emb: optional [n, d] hard-negative texts of this device (NegCLIP, Yuksekgonul et al. 2023: the
+        caption with its attributes swapped), gathered like the texts and appended to the keys of the image->text
+        cross-entropy only: every image must outscore them too; the text->image direction is unchanged.
     Returns:
       scalar float32: the per-device mean, to be `lax.pmean`ed by the caller when `axis_name` is set.
     """
@@ -75,13 +78,18 @@ def infonce_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale, *,
     all_img, offset = _gather(img, axis_name)
     all_txt, _ = _gather(txt, axis_name)
     labels = offset + jnp.arange(img.shape[0])
+    text_keys = all_txt
+    if negative_text_emb is not None:
+        if negative_text_emb.ndim != 2 or negative_text_emb.shape[1] != txt.shape[1]:
+            raise ValueError(f"negative_text_emb must be [n, {txt.shape[1]}], got shape {negative_text_emb.shape}")
+        text_keys = jnp.concatenate([all_txt, _gather(negative_text_emb.astype(jnp.float32), axis_name)[0]])
 
     def cross_entropy(queries, keys):
-        logits = scale * queries @ keys.T                              # [b, B]
+        logits = scale * queries @ keys.T                              # [b, B (+ negatives)]
         logp = jax.nn.log_softmax(logits, axis=-1)
         return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]  # [b]
 
-    return 0.5 * (jnp.mean(cross_entropy(img, all_txt)) + jnp.mean(cross_entropy(txt, all_img)))
+    return 0.5 * (jnp.mean(cross_entropy(img, text_keys)) + jnp.mean(cross_entropy(txt, all_img)))
 
 
 def sigmoid_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale, logit_bias, *,

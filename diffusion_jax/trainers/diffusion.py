@@ -287,12 +287,13 @@ class DiffusionTask:
 
     def train(self, workdir: str, get_batch: Callable[[int], dict], *, grid_cond: Any = None,
               grid_rows: Sequence[np.ndarray] = (), grid_titles: Optional[Sequence[str]] = None,
-              description: str = "train") -> TrainState:
+              description: str = "train", to_images: Callable[[np.ndarray], np.ndarray] = mnist.to_uint8_images
+              ) -> TrainState:
         """Trains (or resumes) in `workdir` through the shared loop; returns the final host state.
 
         `get_batch(step)` is the global host batch {'image': [B,H,W,C] in [-1, 1], 'cond': pytree [B, ...]}. Every
         `train.sample_every` steps the EMA model draws `grid_cond` into `workdir/samples/step_*.png` (rows as in
-        `save_grid`).
+        `save_grid`), made images by `to_images` (latent space: the decoder, then uint8).
         """
         t = self.config.train
         hooks = ()
@@ -304,7 +305,7 @@ class DiffusionTask:
                                  guidance=self.config.sample.guidance)
                 if jax.process_index() == 0:
                     save_grid(os.path.join(workdir, "samples", f"step_{step:06d}.png"),
-                              mnist.to_uint8_images(images), grid_rows, row_titles=grid_titles)
+                              to_images(images), grid_rows, row_titles=grid_titles)
             hooks = ((t.sample_every, sample_grid),)
         return loop.train_loop(workdir=workdir, dp=self.dp, init_state=self.init_state, train_step=self.train_step(),
                                get_batch=get_batch, num_steps=t.num_steps, log_every=t.log_every,

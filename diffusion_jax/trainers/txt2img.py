@@ -8,9 +8,19 @@ The empty caption `<bos> <eos>` is the null condition of classifier-free guidanc
 CLIP stays frozen, so each training caption's embeddings are computed once, before training, and the batches carry
 them (`benchmarks/txt2img_speed.py` measures this against running the text tower inside the step).
 
+`config.data.dataset` picks the data: 'captioned_digits' (one 32x32 digit, its colour and position) or 'scenes'
+(two digits in a relation on 64x64, `data/scenes.py`). `config.diffusion.space` picks where the U-Net denoises:
+'pixel', or 'latent' (Rombach et al. 2022): the latents of the KL autoencoder of `config.autoencoder`
+(`trainers/autoencoder.py`), scaled by its saved factor; the training images are encoded once and the sampler's
+chain ends in the decoder. The two spaces differ only in config: the step, loop and sampler are the same.
+
 Everything a run makes lives in its workdir:
   clip/                   the CLIP run (unless config.clip.workdir names another): trained first when it has no
                           finished checkpoint
+  autoencoder/            latent space only: the autoencoder run (unless config.autoencoder.workdir names another),
+                          trained first likewise
+  latent_space.json       the space the U-Net was trained in ({'space': 'pixel'} or the autoencoder's latent shape
+                          and scale): a U-Net is never resumed or sampled through another autoencoder
   checkpoints/            orbax train states of the U-Net (resume from the latest good one)
   metrics.jsonl, tensorboard/, samples/step_*.png (fixed prompts during training)
   samples/samples.npz     --mode=sample: images (uint8 N x 32 x 32 x 3) and prompts (N strings), PNG grid beside it
@@ -30,20 +40,27 @@ import numpy as np
 from absl import logging
 
 from diffusion_jax import config as config_lib
-from diffusion_jax.checkpoint import Checkpointer
+from diffusion_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from diffusion_jax.config import ConfigError
 from diffusion_jax.data import captioned_digits as cd
-from diffusion_jax.data import mnist, pipeline
+from diffusion_jax.data import mnist, pipeline, scenes
 from diffusion_jax.evaluation import classifier as classifier_lib
+from diffusion_jax.evaluation import scenes as scene_checks
 from diffusion_jax.evaluation import txt2img as checks
 from diffusion_jax.images import save_grid, write_samples
-from diffusion_jax.trainers import clip, diffusion
+from diffusion_jax.trainers import autoencoder, clip, diffusion
 from diffusion_jax.trainers.state import TrainState
 
-IMAGE_SHAPE = (32, 32, 3)
+IMAGE_SHAPES = clip.IMAGE_SHAPES  # by config.data.dataset
+IMAGE_SHAPE = IMAGE_SHAPES["captioned_digits"]
+SPACES = ("pixel", "latent")
+SPACE_FILE = "latent_space.json"
 # Prompts of the grids drawn during training: every digit once, seen and held-out (digit, colour) pairs, all layouts.
 GRID_PROMPTS = tuple(cd.canonical_caption(d, cd.COLORS[(d + k) % 6], cd.LAYOUTS[(d + k) % 5])
                      for d in range(10) for k in (0, 3))
+# Scenes: every digit on each side, every relation, seen and held-out pairs.
+SCENE_GRID_PROMPTS = tuple(scenes.canonical_caption((d, (d + 3) % 10), ((d + k) % 6, (d + k + 1) % 6), (d + k) % 4)
+                           for d in range(10) for k in (0, 2))
 
 
 class PromptError(ConfigError):
@@ -51,10 +68,30 @@ class PromptError(ConfigError):
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every value the text-to-image task reads (and its CLIP config); raises ConfigError naming the key."""
-    diffusion.validate_diffusion_config(config, image_size=IMAGE_SHAPE[0],
+    """Checks every value the text-to-image task reads (and its CLIP and autoencoder configs); raises ConfigError
+    naming the key."""
+    config_lib.check_choice(config, "data.dataset", clip.DATASETS)
+    config_lib.check_choice(config, "diffusion.space", SPACES)
+    if config.clip.data.dataset != config.data.dataset:
+        raise ConfigError(f"config.clip.data.dataset={config.clip.data.dataset!r} differs from config.data.dataset="
+                          f"{config.data.dataset!r}: the frozen CLIP must know the captions of the data")
+    size = IMAGE_SHAPES[config.data.dataset][0]
+    if config.diffusion.space == "latent":
+        if config.data.dataset != "scenes":
+            raise ConfigError("config.diffusion.space='latent' needs config.data.dataset='scenes' (the autoencoder "
+                              "is trained on scenes)")
+        try:
+            autoencoder.validate_config(config.autoencoder)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("config.", "config.autoencoder.", 1)) from None
+        size //= 2 ** (len(config.autoencoder.model.channels) - 1)  # the autoencoder's downsampling factor f
+    diffusion.validate_diffusion_config(config, image_size=size,
                                         positive=("sample.num_per_prompt", "eval.num_per_prompt"))
     config_lib.check_number(config, "data.train_copies", 1, 25)  # a digit has 25 colour x layout combinations
+    if config.data.dataset == "scenes":
+        config_lib.check_number(config, "data.captions_per_image", 1, scenes.MAX_CAPTIONS)
+        config_lib.check_number(config, "eval.num_prompts", 2)  # the first N held-out test scenes
+        config_lib.check_number(config, "data.num_examples", 0)  # 0: train_copies scenes per training digit
     if any(g < 0 for g in config.eval.guidance_scales):
         raise ConfigError(f"config.eval.guidance_scales={tuple(config.eval.guidance_scales)} must be >= 0")
     try:
@@ -80,6 +117,52 @@ def ensure_clip(config: ml_collections.ConfigDict, workdir: str) -> str:
     return cw
 
 
+def autoencoder_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Where the autoencoder of a latent-space run lives: `config.autoencoder.workdir`, or WORKDIR/autoencoder."""
+    return config.autoencoder.workdir or os.path.join(workdir, "autoencoder")
+
+
+def ensure_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> Optional[str]:
+    """Latent space: trains (or finishes) the autoencoder unless its workdir holds a finished checkpoint and its
+    latent scale; returns that workdir (None in pixel space)."""
+    if config.diffusion.space != "latent":
+        return None
+    aw = autoencoder_workdir(config, workdir)
+    with Checkpointer(os.path.join(aw, "checkpoints")) as ckpt:
+        step = ckpt.latest_step()
+    if step is None or step < config.autoencoder.train.num_steps or not os.path.exists(
+            os.path.join(aw, autoencoder.LATENT_FILE)):
+        print(f"no finished autoencoder in {aw} (latest step {step}): training it there first "
+              f"({config.autoencoder.train.num_steps} steps)")
+        autoencoder.train(config.autoencoder, aw)
+    return aw
+
+
+def check_space(workdir: str, space: dict, record: bool = False) -> None:
+    """Checks the space a U-Net was trained in (`workdir/latent_space.json`) against `space`; with `record`
+    (training) writes it when there is none yet. Sampling never writes into a U-Net's workdir.
+
+    A U-Net trained on another autoencoder (other latent shape or scale) or in pixel space is refused with
+    CheckpointMismatchError naming both, before anything is restored or written.
+    """
+    path = os.path.join(workdir, SPACE_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        same = saved.get("space") == space["space"] and saved.get("latent_shape") == space.get("latent_shape") and (
+            "scale" not in space or np.isclose(saved.get("scale", np.nan), space["scale"], rtol=1e-6))
+        if not same:
+            raise CheckpointMismatchError(
+                f"the U-Net in {workdir} was trained in {saved}, but this config's space is {space} (another "
+                f"autoencoder, latent shape or scale); use the autoencoder it was trained with "
+                f"(config.autoencoder.workdir) or a new --workdir. Nothing was changed.")
+    elif record and jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(space, f)
+        os.replace(path + ".tmp", path)
+
+
 def text_condition(encoder: clip.Encoder, ids: np.ndarray, mask: np.ndarray) -> dict:
     """Token ids/mask [N, L] -> the frozen text tower's {'tokens', 'mask', 'pooled'} as host arrays."""
     pooled, tokens = encoder.text(ids, mask)
@@ -88,48 +171,93 @@ def text_condition(encoder: clip.Encoder, ids: np.ndarray, mask: np.ndarray) -> 
 
 @dataclasses.dataclass
 class TextToImage:
-    """The text-to-image model of one config: the diffusion task (U-Net, schedule, optimizer, samplers) and the
-    frozen CLIP text encoder whose outputs condition it. `TextToImage.load` builds it from a workdir."""
+    """The text-to-image model of one config: the diffusion task (U-Net, schedule, optimizer, samplers), the frozen
+    CLIP text encoder whose outputs condition it, and in latent space the frozen autoencoder (`codec`) whose
+    latents the U-Net denoises. `TextToImage.load` builds it from a workdir."""
 
     task: diffusion.DiffusionTask
     encoder: clip.Encoder
+    codec: Optional[autoencoder.Codec] = None
 
     @classmethod
     def load(cls, config: ml_collections.ConfigDict, workdir: str) -> "TextToImage":
-        """Loads the frozen CLIP of `config.clip.workdir` (default WORKDIR/clip), once; the U-Net state is loaded
-        by `load_state`. FileNotFoundError naming the CLIP workdir if it holds no trained CLIP."""
+        """Loads the frozen CLIP of `config.clip.workdir` (default WORKDIR/clip) and, in latent space, the
+        autoencoder of `config.autoencoder.workdir` (default WORKDIR/autoencoder), once; the U-Net state is loaded
+        by `load_state`. FileNotFoundError naming the workdir of a model that is not trained."""
         encoder = clip.load(config.clip, clip_workdir(config, workdir))
+        codec = None
+        shape = IMAGE_SHAPES[config.data.dataset]
+        if config.diffusion.space == "latent":
+            codec = autoencoder.load(config.autoencoder, autoencoder_workdir(config, workdir))
+            shape = codec.latent_shape
         ids, mask = encoder.tokenizer.encode_empty()
         null_cond = jax.tree.map(lambda a: a[0], text_condition(encoder, ids[None], mask[None]))
-        return cls(diffusion.DiffusionTask(config, image_shape=IMAGE_SHAPE, null_cond=null_cond), encoder)
+        return cls(diffusion.DiffusionTask(config, image_shape=shape, null_cond=null_cond), encoder, codec)
 
     @property
     def config(self) -> ml_collections.ConfigDict:
         return self.task.config
 
+    @property
+    def space(self) -> dict:
+        """What `check_space` records: {'space': 'pixel'} or the autoencoder's latent shape and scale."""
+        return {"space": "latent", **self.codec.fingerprint()} if self.codec else {"space": "pixel"}
+
+    def to_images(self, samples: np.ndarray) -> np.ndarray:
+        """The sampler's output (pixels in [-1, 1], or scaled latents) -> uint8 images."""
+        return mnist.to_uint8_images(self.codec.decode(samples) if self.codec else samples)
+
     def prompt_condition(self, prompts: list) -> dict:
-        """Prompts -> condition; a bad prompt raises PromptError naming it, unknown words inside a good prompt warn."""
+        """Prompts -> condition; a bad prompt raises PromptError naming it, unknown words inside a good prompt warn.
+
+        On scenes a prompt must describe two objects in a relation with two different colours
+        (`scenes.parse_prompt`): one object or three, an unknown relation or colour, the same colour twice are
+        PromptErrors naming the prompt.
+        """
+        scene = self.config.data.dataset == "scenes"
+        example = (scenes.canonical_caption((3, 7), ("red", "blue"), "left of") if scene
+                   else cd.canonical_caption(3, 'red', 'top left'))
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
-                raise PromptError(f"prompt {i} ({p!r}) is empty or not a string: write a caption such as "
-                                  f"{cd.canonical_caption(3, 'red', 'top left')!r}")
+                raise PromptError(f"prompt {i} ({p!r}) is empty or not a string: write a caption such as {example!r}")
+            if scene:
+                try:
+                    scenes.parse_prompt(p)
+                except ValueError as e:
+                    raise PromptError(str(e)) from None
         try:
             ids, mask = self.encoder.tokenizer.encode(list(prompts))
         except (ValueError, TypeError) as e:
             raise PromptError(f"bad prompt: {e}") from None
         return text_condition(self.encoder, ids, mask)
 
-    def train_data(self) -> dict:
-        """Captioned training digits (uint8 images) with each caption's frozen text condition, computed once."""
+    def train_data(self) -> tuple[dict, np.ndarray]:
+        """(pairs, images): every training (image, caption) pair as {'index': image row, 'tokens', 'mask', 'pooled'}
+        (each caption's frozen text condition, computed once), and the images the rows index: uint8 pixels, or
+        in latent space their scaled latents float32 (encoded once)."""
         c = self.config
         num_digits = len(mnist.load_mnist(c.data.source, "train")[1])
-        raw = cd.make_dataset("train", seed=c.seed, source=c.data.source,
-                              num_examples=c.data.train_copies * num_digits)
-        ids, mask = self.encoder.tokenizer.encode(list(raw["caption"]))
+        if c.data.dataset == "scenes":
+            raw = scenes.make_dataset("train", seed=c.seed, source=c.data.source,
+                                      num_examples=c.data.num_examples or c.data.train_copies * num_digits,
+                                      captions_per_image=c.data.captions_per_image)
+            captions = raw["captions"]
+        else:
+            raw = cd.make_dataset("train", seed=c.seed, source=c.data.source,
+                                  num_examples=c.data.train_copies * num_digits)
+            captions = raw["caption"][:, None]
+        images = raw["image"]
+        if self.codec is not None:
+            start = time.time()
+            images = self.codec.encode(mnist.to_model_images(images) if images.shape[-1] == 1
+                                       else images.astype(np.float32) / 127.5 - 1.0)
+            logging.info("latents of %d images in %.1f s", len(images), time.time() - start)
+        ids, mask = self.encoder.tokenizer.encode(list(captions.reshape(-1)))
         start = time.time()
         cond = text_condition(self.encoder, ids, mask)
         logging.info("text condition of %d captions in %.1f s", len(ids), time.time() - start)
-        return {"image": raw["image"], **cond}
+        index = np.repeat(np.arange(len(images), dtype=np.int32), captions.shape[1])
+        return {"index": index, **cond}, images
 
     def load_state(self, workdir: str) -> TrainState:
         """The latest good U-Net state of `sample.checkpoint_workdir` (default `workdir`); FileNotFoundError naming
@@ -137,25 +265,31 @@ class TextToImage:
         return self.task.load_for_sampling(workdir, "the text-to-image U-Net")[1]
 
 
-def to_batch(arrays: dict) -> dict:
-    """Flat host arrays (image uint8, tokens, mask, pooled) -> the train step's {'image', 'cond'} batch."""
-    return {"image": arrays["image"].astype(np.float32) / 127.5 - 1.0,
-            "cond": {"tokens": arrays["tokens"], "mask": arrays["mask"], "pooled": arrays["pooled"]}}
+def to_batch(pairs: dict, images: np.ndarray) -> dict:
+    """A batch of `train_data` pairs (index, tokens, mask, pooled) -> the train step's {'image', 'cond'} batch:
+    uint8 pixels scaled to [-1, 1], or latents as they are."""
+    x = images[pairs["index"]]
+    return {"image": x.astype(np.float32) / 127.5 - 1.0 if x.dtype == np.uint8 else x,
+            "cond": {"tokens": pairs["tokens"], "mask": pairs["mask"], "pooled": pairs["pooled"]}}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains CLIP first if needed, then (or resumes) the text-conditioned U-Net; evaluates if train.final_eval."""
+    """Trains CLIP (and in latent space the autoencoder) first if needed, then (or resumes) the text-conditioned
+    U-Net; evaluates if train.final_eval."""
     validate_config(config)
     ensure_clip(config, workdir)
+    ensure_autoencoder(config, workdir)
     model = TextToImage.load(config, workdir)
-    data = model.train_data()
+    check_space(workdir, model.space, record=True)
+    pairs, images = model.train_data()
     t = config.train
-    grid_prompts = [p for p in GRID_PROMPTS for _ in range(4)]
+    titles = SCENE_GRID_PROMPTS if config.data.dataset == "scenes" else GRID_PROMPTS
+    grid_prompts = [p for p in titles for _ in range(4)]
     state = model.task.train(
-        workdir, lambda step: to_batch(pipeline.get_batch(data, t.batch_size, config.seed, step)),
+        workdir, lambda step: to_batch(pipeline.get_batch(pairs, t.batch_size, config.seed, step), images),
         grid_cond=model.prompt_condition(grid_prompts) if t.sample_every else None,
-        grid_rows=[np.arange(4 * i, 4 * i + 4) for i in range(len(GRID_PROMPTS))], grid_titles=GRID_PROMPTS,
-        description="txt2img")
+        grid_rows=[np.arange(4 * i, 4 * i + 4) for i in range(len(titles))], grid_titles=titles,
+        description="txt2img", to_images=model.to_images)
     if t.final_eval:
         _evaluate(model, workdir, state)
     return state
@@ -181,7 +315,7 @@ def read_prompts(config: ml_collections.ConfigDict) -> list:
 
 def generate(model: TextToImage, state: TrainState, prompts: list, *, num_per_prompt: int = 1, seed: int = 0,
              guidance: Optional[float] = None) -> np.ndarray:
-    """Prompt in, image out: uint8 images [len(prompts) * num_per_prompt, 32, 32, 3], prompt-major.
+    """Prompt in, image out: uint8 images [len(prompts) * num_per_prompt, H, W, 3], prompt-major.
 
     Uses the EMA weights if `sample.use_ema`, the configured sampler and steps, and `guidance` (default
     `sample.guidance`). Image i depends only on (seed, i, its prompt, guidance), not on the device count. Compiles
@@ -190,9 +324,9 @@ def generate(model: TextToImage, state: TrainState, prompts: list, *, num_per_pr
     s = model.config.sample
     cond = jax.tree.map(lambda a: np.repeat(a, num_per_prompt, axis=0), model.prompt_condition(list(prompts)))
     n = len(prompts) * num_per_prompt
-    images = model.task.sampler_for(n)(model.task.params_for_sampling(state), cond, seed=seed,
-                                       guidance=s.guidance if guidance is None else guidance)
-    return mnist.to_uint8_images(images)
+    samples = model.task.sampler_for(n)(model.task.params_for_sampling(state), cond, seed=seed,
+                                        guidance=s.guidance if guidance is None else guidance)
+    return model.to_images(samples)
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -201,6 +335,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     prompts = read_prompts(config)
     model = TextToImage.load(config, workdir)
     model.prompt_condition(prompts)  # errors before the U-Net is even loaded
+    check_space(config.sample.checkpoint_workdir or workdir, model.space)
     state = model.load_state(workdir)
     s = config.sample
     k = s.num_per_prompt
@@ -230,10 +365,27 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     digit, colour and layout (seen vs held-out pairs), the CLIP score and the per-prompt diversity."""
     validate_config(config)
     model = TextToImage.load(config, workdir)
+    check_space(config.sample.checkpoint_workdir or workdir, model.space)
     return _evaluate(model, workdir, model.load_state(workdir))
 
 
+def _classifier(config: ml_collections.ConfigDict, workdir: str):
+    """The attribute checker's digit classifier (real training digits only), trained once into WORKDIR/classifier."""
+    return classifier_lib.load_or_train_on_source(os.path.join(workdir, "classifier"), config.data.source,
+                                                  seed=config.seed, steps=config.eval.classifier_steps)
+
+
+def _write_eval(workdir: str, result: dict, config: ml_collections.ConfigDict) -> None:
+    result.update({f"default_{k}": v for k, v in result["guidance"][f"{float(config.sample.guidance):g}"].items()})
+    result["default_guidance"] = float(config.sample.guidance)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "eval.json"), "w") as f:
+            json.dump(result, f, indent=2)
+
+
 def _evaluate(model: TextToImage, workdir: str, state: TrainState) -> dict:
+    if model.config.data.dataset == "scenes":
+        return _evaluate_scenes(model, workdir, state)
     config, task = model.config, model.task
     e = config.eval
     prompts, combos = canonical_prompts()
@@ -242,12 +394,7 @@ def _evaluate(model: TextToImage, workdir: str, state: TrainState) -> dict:
     heldout = np.asarray([cd.is_heldout(int(d), int(c)) for d, c, _ in combos])
     cond = jax.tree.map(lambda a: np.repeat(a, k, axis=0), model.prompt_condition(prompts))
     text_emb = cond["pooled"]
-    digits_train = mnist.load_mnist(config.data.source, "train")
-    digits_test = mnist.load_mnist(config.data.source, "test")
-    classifier = classifier_lib.load_or_train_classifier(
-        os.path.join(workdir, "classifier"), mnist.to_model_images(digits_train[0]), digits_train[1],
-        seed=config.seed, heldout_images=mnist.to_model_images(digits_test[0]), heldout_labels=digits_test[1],
-        steps=e.classifier_steps)
+    classifier = _classifier(config, workdir)
     real = cd.make_dataset("test", seed=config.seed + 1, source=config.data.source)
     ceiling = checks.check_real_ceiling(classifier, real)
     real_clip = np.sum(model.encoder.embed_images(real["image"])
@@ -272,11 +419,7 @@ def _evaluate(model: TextToImage, workdir: str, state: TrainState) -> dict:
             rows = [np.arange(i * k, (i + 1) * k) for i in range(0, len(prompts), 5)]  # the 60 centred prompts
             save_grid(os.path.join(workdir, "samples", f"eval_guidance_{g:g}.png"), images, rows,
                       row_titles=prompts[::5])
-    result.update({f"default_{key}": v for key, v in result["guidance"][f"{float(config.sample.guidance):g}"].items()})
-    result["default_guidance"] = float(config.sample.guidance)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "eval.json"), "w") as f:
-            json.dump(result, f, indent=2)
+    _write_eval(workdir, result, config)
     print(f"txt2img eval ({k} image(s) per canonical prompt, {len(prompts)} prompts; "
           f"{config.sample.sampler} {config.sample.steps} steps):")
     print(f"  attribute checker on real images: all-correct seen {ceiling['seen_all_accuracy']:.3f} "
@@ -286,4 +429,59 @@ def _evaluate(model: TextToImage, workdir: str, state: TrainState) -> dict:
         print(f"  {g:>8}  " + " ".join(f"{s[f'seen_{a}_accuracy']:.3f}" for a in ("all", "digit", "color", "layout"))
               + "   " + " ".join(f"{s[f'heldout_{a}_accuracy']:.3f}" for a in ("all", "digit", "color", "layout"))
               + f"   {s['clip_score']:.3f}  {s['diversity']:.3f}")
+    return result
+
+
+def scene_eval_prompts(config: ml_collections.ConfigDict) -> dict:
+    """The scene prompts of the evaluation: the direct captions of the first `eval.num_prompts` held-out test
+    scenes (half of them show a held-out (digit, colour) pair: the test split alternates), with their attributes."""
+    real = scenes.make_dataset("test", seed=config.seed + 1, source=config.data.source)
+    keep = slice(0, config.eval.num_prompts)
+    prompts = [scenes.canonical_caption(*s) for s in zip(real["digits"][keep], real["colors"][keep],
+                                                         real["relation"][keep])]
+    return {"prompts": prompts, **{k: real[k][keep] for k in ("digits", "colors", "relation", "heldout")},
+            "real": real}
+
+
+def _evaluate_scenes(model: TextToImage, workdir: str, state: TrainState) -> dict:
+    """Draws `eval.num_per_prompt` images for each evaluation prompt at each guidance scale and reads them
+    (`evaluation/scenes.py`): both objects by colour, each one's digit with the project's classifier, the relation
+    from their centres; seen vs held-out prompts, per attribute, beside the checker's ceiling on real scenes."""
+    config, task = model.config, model.task
+    e = config.eval
+    ev = scene_eval_prompts(config)
+    k = e.num_per_prompt
+    prompts = ev["prompts"]
+    want = {key: np.repeat(ev[key], k, axis=0) for key in ("digits", "colors", "relation", "heldout")}
+    cond = jax.tree.map(lambda a: np.repeat(a, k, axis=0), model.prompt_condition(prompts))
+    classifier = _classifier(config, workdir)
+    ceiling = scene_checks.check_real_ceiling(classifier, ev["real"])
+    result = {"checker_on_real_images": ceiling, "space": model.space, "guidance": {}}
+    params = task.params_for_sampling(state)
+    sampler = task.sampler(batch_size=min(config.sample.batch_size, len(prompts) * k))
+    for g in sorted({float(g) for g in e.guidance_scales} | {float(config.sample.guidance)}):
+        start = time.time()
+        images = model.to_images(sampler(params, cond, seed=config.sample.seed, guidance=g))
+        seconds = time.time() - start
+        scores = scene_checks.scene_scores(scene_checks.check_scenes(classifier, images), want["digits"],
+                                           want["colors"], want["relation"], want["heldout"])
+        scores["clip_score"] = float(np.mean(np.sum(model.encoder.embed_images(images) * cond["pooled"], -1)))
+        scores["sampling_seconds"] = seconds
+        result["guidance"][f"{g:g}"] = scores
+        if jax.process_index() == 0:
+            rows = [np.arange(i * k, (i + 1) * k) for i in range(min(len(prompts), 20))]
+            save_grid(os.path.join(workdir, "samples", f"eval_guidance_{g:g}.png"), images, rows,
+                      row_titles=prompts[:20])
+    _write_eval(workdir, result, config)
+    print(f"txt2img scenes eval ({k} image(s) per prompt, {len(prompts)} prompts; {config.diffusion.space} space; "
+          f"{config.sample.sampler} {config.sample.steps} steps):")
+    attrs = ("all", "digit", "color", "relation")
+    print("  checker on real scenes: " + " ".join(f"{a} {ceiling.get(f'seen_{a}_accuracy', float('nan')):.3f}/"
+                                                 f"{ceiling.get(f'heldout_{a}_accuracy', float('nan')):.3f}"
+                                                 for a in attrs) + " (seen/held-out)")
+    print("  guidance  seen(all digit colour relation)  held-out(all digit colour relation)  clip")
+    for g, sc in result["guidance"].items():
+        print(f"  {g:>8}  " + " ".join(f"{sc.get(f'seen_{a}_accuracy', float('nan')):.3f}" for a in attrs) + "   "
+              + " ".join(f"{sc.get(f'heldout_{a}_accuracy', float('nan')):.3f}" for a in attrs)
+              + f"   {sc['clip_score']:.3f}")
     return result
