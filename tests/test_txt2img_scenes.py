@@ -56,6 +56,7 @@ def test_api_draws_scenes_and_embeds_texts(run, t2i):
     assert images.dtype == np.uint8 and images.shape == (4, 64, 64, 3)
     np.testing.assert_array_equal(images, t2i(["a red 3 left of a blue seven", "a green 1 above a cyan 2"],
                                               num_per_prompt=2, seed=0))
+    assert t2i.model.task.clip_x0 is False  # latents spread past +-1: the sampler must not clip them
     emb = t2i.embed(["a red 3 left of a blue seven"])
     assert emb.shape == (1, config.clip.model.embed_dim)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
@@ -111,8 +112,9 @@ def test_pixel_space_is_the_same_code_path_on_pixels(run, tmp_path):
     with open(os.path.join(out, txt2img.SPACE_FILE)) as f:
         assert json.load(f) == {"space": "pixel"}
     assert not os.path.exists(os.path.join(out, "autoencoder"))
-    images = api.TextToImage.load(out, pixel)(["a red 3 left of a blue seven"])
-    assert images.shape == (1, 64, 64, 3)
+    pixel_t2i = api.TextToImage.load(out, pixel)
+    assert pixel_t2i.model.task.clip_x0 is True and pixel_t2i.model.codec is None
+    assert pixel_t2i(["a red 3 left of a blue seven"]).shape == (1, 64, 64, 3)
     # The latent config cannot sample the pixel U-Net: the recorded space differs.
     latent = load_config(TINY)
     latent.autoencoder.workdir = os.path.join(workdir, "autoencoder")

@@ -143,9 +143,10 @@ class Sampler:
     """
 
     def __init__(self, dp: DataParallel, model: UNet, schedule: schedules.Schedule, image_shape, *, sampler: str,
-                 steps: int, eta: float, prediction: str, batch_size: int, null_cond: Any = None):
+                 steps: int, eta: float, prediction: str, batch_size: int, null_cond: Any = None,
+                 clip_x0: bool = True):
         per_device = make_sampler(model, schedule, image_shape, sampler=sampler, steps=steps, eta=eta,
-                                  prediction=prediction, null_cond=null_cond)
+                                  prediction=prediction, null_cond=null_cond, clip_x0=clip_x0)
         self.dp = dp
         self.chunk = -(-batch_size // dp.num_devices) * dp.num_devices
         self._draw = dp.lift(per_device, ("replicated", "sharded", "sharded", "replicated"), "sharded")
@@ -211,10 +212,13 @@ class DiffusionTask:
     labels, `null_cond` defaulting to the label `num_classes`); text to image passes the empty caption's frozen text
     embeddings (`num_classes=None`). The constructor does no I/O: data, CLIP and checkpoints are loaded by the
     callers, once, and passed in as arrays. The config must have been validated (`validate_diffusion_config`).
+
+    `clip_x0`: the samplers clip each predicted clean image to [-1, 1], right for pixels; latents (whose scaled
+    values spread past +-1, as in Stable Diffusion) pass False.
     """
 
     def __init__(self, config, *, image_shape: Sequence[int], num_classes: Optional[int] = None,
-                 null_cond: Any = None):
+                 null_cond: Any = None, clip_x0: bool = True):
         if null_cond is None and num_classes is None:
             raise ValueError("DiffusionTask needs num_classes (label condition) or null_cond (any other condition)")
         self.config = config
@@ -227,6 +231,7 @@ class DiffusionTask:
         t = config.train
         self.tx = make_optimizer(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, num_steps=t.num_steps,
                                  weight_decay=t.weight_decay, grad_clip=t.grad_clip)
+        self.clip_x0 = clip_x0
         self._samplers: dict[int, Sampler] = {}
         self._train_step: Optional[Callable] = None
 
@@ -259,7 +264,7 @@ class DiffusionTask:
         if chunk not in self._samplers:
             self._samplers[chunk] = Sampler(self.dp, self.model, self.schedule, self.image_shape, sampler=s.sampler,
                                             steps=s.steps, eta=s.eta, prediction=self.config.diffusion.prediction,
-                                            batch_size=chunk, null_cond=self.null_cond)
+                                            batch_size=chunk, null_cond=self.null_cond, clip_x0=self.clip_x0)
         return self._samplers[chunk]
 
     def sampler_for(self, n: int) -> "Sampler":

@@ -192,7 +192,8 @@ class TextToImage:
             shape = codec.latent_shape
         ids, mask = encoder.tokenizer.encode_empty()
         null_cond = jax.tree.map(lambda a: a[0], text_condition(encoder, ids[None], mask[None]))
-        return cls(diffusion.DiffusionTask(config, image_shape=shape, null_cond=null_cond), encoder, codec)
+        task = diffusion.DiffusionTask(config, image_shape=shape, null_cond=null_cond, clip_x0=codec is None)
+        return cls(task, encoder, codec)
 
     @property
     def config(self) -> ml_collections.ConfigDict:
