@@ -250,8 +250,7 @@ class TextToImage:
         images = raw["image"]
         if self.codec is not None:
             start = time.time()
-            images = self.codec.encode(mnist.to_model_images(images) if images.shape[-1] == 1
-                                       else images.astype(np.float32) / 127.5 - 1.0)
+            images = self.codec.encode(clip.to_model_images(images))  # latent space is scenes only: RGB
             logging.info("latents of %d images in %.1f s", len(images), time.time() - start)
         ids, mask = self.encoder.tokenizer.encode(list(captions.reshape(-1)))
         start = time.time()
