@@ -2,6 +2,7 @@
 
   python benchmarks/digits_speed.py                          # default preset, float32, all local devices
   python benchmarks/digits_speed.py --dtype=bfloat16 --num_samples=1000 --train_steps=20
+  python benchmarks/digits_speed.py --dtype=bfloat16 --batch_size=1024     # on a GPU/TPU: MFU vs its bf16 peak
 
 It times the real code paths (the lifted train step and the lifted lax.scan sampler of `diffusion_jax.trainers`),
 after one warm-up call each (reported separately: compile, plus for sampling one full chunk of images). FLOPs come
@@ -13,7 +14,9 @@ prefetched while a step runs); and through a loop that fetches each step's metri
 (what `train_loop` did before issue 14). The ratios say what the host side of the loop costs.
 
 For scale it measures the peak the same devices reach on a large float32 matmul (one per device, in parallel) and
-prints the train step's achieved FLOP/s as a fraction of it. `--samplers` times other samplers beside the config's
+prints the train step's achieved FLOP/s as a fraction of it. On a GPU or TPU it also prints model FLOP utilisation
+(MFU) of training and sampling against the chip's dense bfloat16 peak (`profiling.BF16_PEAK_TFLOPS` by device kind,
+or `--peak_tflops`); run it there with `--dtype=bfloat16` and a batch that fills the chip. `--samplers` times other samplers beside the config's
 (1,000 guided images each, same model), with the ratio of images/s to the first; their quality at each step count
 comes from the samplers sweep (experiments/sweeps/digits_samplers.py), not from this untrained model.
 """
@@ -27,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from diffusion_jax import profiling
 from diffusion_jax.config import load_config
 from diffusion_jax.data import pipeline
 from diffusion_jax.distributed import split_cpu
@@ -43,13 +47,9 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "images to draw")
 _SAMPLERS = flags.DEFINE_list("samplers", ["ddim:50", "unipc:10", "dpmpp_2m:10", "unipc:5"],
                               "sampler:steps pairs timed side by side, images/s relative to the first (ddim:50 was "
                               "the default before issue 13)")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "accelerator's dense bf16 TFLOP/s per chip for MFU (0: look up "
+                            "the device kind in profiling.BF16_PEAK_TFLOPS)")
 _MATMUL = 2048  # matmul peak: (2048 x 2048) @ (2048 x 2048) float32 on each device
-
-
-def _flops(fn, *args) -> float:
-    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    return float(analysis.get("flops", float("nan")))
 
 
 _LOG_EVERY = 10
@@ -132,14 +132,15 @@ def main(argv):
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     x = jnp.zeros((batch_size,) + IMAGE_SHAPE)
     t = jnp.zeros(batch_size, jnp.int32)
-    fwd_flops = _flops(lambda p, x, t: task.model.apply(p, x, t, t), state.params, x, t) / batch_size
+    fwd_flops = profiling.compiled_flops(lambda p, x, t: task.model.apply(p, x, t, t), state.params, x, t)
+    fwd_flops /= batch_size
     per_device = diffusion.make_train_step(task.model, task.schedule, task.tx, seed=0, prediction="eps",
                                            cond_dropout=0.1, ema_decay=0.999)
     one = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("batch",))
     single = jax.shard_map(per_device, mesh=one, in_specs=(jax.P(), jax.P("batch")), out_specs=(jax.P(), jax.P()),
                            check_vma=False)
     batch = {"image": np.zeros((batch_size,) + IMAGE_SHAPE, np.float32), "cond": np.zeros(batch_size, np.int32)}
-    train_flops = _flops(single, state, batch) / batch_size
+    train_flops = profiling.compiled_flops(single, state, batch) / batch_size
 
     step = dp.lift(per_device, ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
     data = {"image": np.random.default_rng(0).uniform(-1, 1, (4 * batch_size,) + IMAGE_SHAPE).astype(np.float32),
@@ -173,15 +174,15 @@ def main(argv):
 
     print(f"model: {n_params / 1e6:.2f} M params; forward {fwd_flops / 1e6:.1f} MFLOP/image; "
           f"train step {train_flops / 1e6:.1f} MFLOP/image")
-    print(f"train:  {train_ips:8.1f} images/s  ({train_flops * train_ips / 1e9:7.1f} GFLOP/s achieved; "
-          f"compile {compile_train:.1f} s)")
+    used = lambda flops, ips: profiling.utilisation(flops, ips, dp.devices, _PEAK.value)  # noqa: E731
+    print(f"train:  {train_ips:8.1f} images/s  ({used(train_flops, train_ips)}; compile {compile_train:.1f} s)")
     print(f"matmul peak: {peak:7.1f} GFLOP/s ({_MATMUL}^3 float32 on each of {dp.num_devices} devices); "
           f"train step at {train_flops * train_ips / 1e9 / peak:.0%} of it")
     print(f"train through the loop: {loop_ips:8.1f} images/s = {loop_ips / train_ips:.2f} x pre-built batches "
           f"(train_loop: batches from pipeline.get_batch, metrics fetched every {_LOG_EVERY} steps)")
     print(f"train, fetch every step: {synced_ips:8.1f} images/s = {synced_ips / train_ips:.2f} x pre-built batches "
           f"(the loop before issue 14); loop / fetch-every-step = {loop_ips / synced_ips:.2f}")
-    print(f"sample: {sample_ips:8.1f} images/s  ({sample_flops * sample_ips / 1e9:7.1f} GFLOP/s achieved; "
+    print(f"sample: {sample_ips:8.1f} images/s  ({used(sample_flops, sample_ips)}; "
           f"{_NUM_SAMPLES.value} images, {config.sample.sampler} {config.sample.steps} steps, guided; "
           f"warm-up call {warmup_sample:.1f} s = compile + one chunk of {config.sample.batch_size})")
     for spec, ips in speeds:

@@ -2,6 +2,7 @@
 
   python benchmarks/txt2img_speed.py                 # default preset, all local devices
   python benchmarks/txt2img_speed.py --train_steps=10 --num_samples=300
+  python benchmarks/txt2img_speed.py --dtype=bfloat16        # on a GPU/TPU: MFU against the chip's bf16 peak
 
 Times, on the real code paths (the lifted per-device train step of `trainers/diffusion.py`):
   cached   batches carry each caption's text-tower outputs, computed once before training (what txt2img does);
@@ -15,6 +16,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from diffusion_jax import profiling
 from diffusion_jax.config import load_config
 from diffusion_jax.data import captioned_digits as cd
 from diffusion_jax.data import pipeline
@@ -31,21 +33,27 @@ _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", -1, "CPU devices, as python -
                                    "(-1: one per core; 1: one device using every core)")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 20, "timed train steps per variant")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 300, "images to draw (0 = skip sampling)")
+_DTYPE = flags.DEFINE_enum("dtype", "", ["", "float32", "bfloat16"], "U-Net compute dtype ('' = the config's)")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "accelerator's dense bf16 TFLOP/s per chip for MFU (0: by device "
+                           "kind)")
 
 
 def _time_steps(step, state, batches, n):
-    state, metrics = step(state, batches[0])  # compile
+    """(seconds per step, the compiled step) after one compile and one untimed step."""
+    step = step.lower(state, batches[0]).compile()
+    state, metrics = step(state, batches[0])
     jax.block_until_ready(metrics)
     start = time.time()
     for s in range(n):
         state, metrics = step(state, batches[s % len(batches)])
     jax.block_until_ready(metrics)
-    return (time.time() - start) / n
+    return (time.time() - start) / n, step
 
 
 def main(argv):
     del argv
     c = load_config(_CONFIG.value)
+    c.model.dtype = _DTYPE.value or c.model.dtype
     split_cpu(_CPU_DEVICES.value, c.train.batch_size)  # before JAX starts its backend
     dp = DataParallel(c.train.parallel)
     b = c.train.batch_size
@@ -99,8 +107,11 @@ def main(argv):
     print(f"devices: {dp.num_devices} x {jax.devices()[0].device_kind} ({jax.default_backend()}), train batch {b}, "
           f"U-Net {sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f} M params")
     print(f"caching the text condition of {len(ids)} captions (once, before training): {cache_seconds:.1f} s")
-    for name, seconds in results.items():
-        print(f"train step, text condition {name:>8}: {seconds * 1e3:7.1f} ms/step, {b / seconds:7.1f} images/s")
+    for name, (seconds, compiled) in results.items():
+        used = profiling.utilisation(profiling.flops_per_example(compiled, b, dp.num_devices), b / seconds,
+                                     dp.devices, _PEAK.value)
+        print(f"train step, text condition {name:>8}: {seconds * 1e3:7.1f} ms/step, {b / seconds:7.1f} images/s, "
+              f"{used} ({c.model.dtype})")
     if _NUM_SAMPLES.value:
         s = c.sample
         sampler = diffusion.Sampler(dp, model, schedule, IMAGE_SHAPE, sampler=s.sampler, steps=s.steps, eta=s.eta,

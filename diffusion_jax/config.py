@@ -82,6 +82,10 @@ def unet_model(**overrides) -> ml_collections.ConfigDict:
         num_heads=4,
         norm_groups=8,
         dtype="float32",  # float32 | bfloat16 (compute dtype; params and schedule stay float32)
+        # deferred (softmax normalised after the value product; issue 13's runs) | flax (Flax's
+        # MultiHeadDotProductAttention, the default before). The same function and parameters, and on an idle 2-core CPU
+        # the same speed: 164.3 vs 162.5 ms per text-to-image step (benchmarks/step_profile.py, README)
+        attention="deferred",
     ), overrides)
 
 

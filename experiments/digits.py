@@ -24,9 +24,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.data.tfds_data_dir = ""  # TFDS data_dir for source=tfds ("" = TFDS default)
 
     c.model = unet_model()
-    c.diffusion = diffusion_group()
+    # Linear schedule, 1,200 steps (before issue 13: cosine, 1,500): linear learns the digits in fewer steps (issue 13's
+    # sweeps, README: 96.8 % at 1,000 steps where cosine scored 92.7 %; 75.7 % vs 94.8 % at 750).
+    c.diffusion = diffusion_group(schedule="linear")
     c.train = train_group(
-        num_steps=1500,
+        num_steps=1200,
         ema_decay=0.995,
         sample_every=500,  # a grid of 4 samples per digit during training (0 = never)
         final_sample=True,  # after training: sample (sample.*) and evaluate (eval.*)

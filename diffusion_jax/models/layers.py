@@ -6,10 +6,12 @@ parameters stay float32.
 from typing import Any, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
+ATTENTION_IMPLEMENTATIONS = ("deferred", "flax")
 
 
 def timestep_embedding(t: jnp.ndarray, dim: int, max_period: float = 10_000.0) -> jnp.ndarray:
@@ -65,17 +67,53 @@ class AttentionBlock(nn.Module):
     num_heads: int = 4
     norm_groups: int = 8
     dtype: Dtype = jnp.float32
+    implementation: str = "deferred"  # deferred (MultiHeadAttention) | flax (nn.MultiHeadDotProductAttention)
 
     @nn.compact
     def __call__(self, x, context: Optional[jnp.ndarray] = None, context_mask: Optional[jnp.ndarray] = None):
         b, h, w, c = x.shape
         q = group_norm(c, self.norm_groups, self.dtype)(x).reshape(b, h * w, c)
         kv = q if context is None else context.astype(self.dtype)
-        mask = None if context_mask is None else context_mask[:, None, None, :]
-        out = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, dtype=self.dtype, out_kernel_init=nn.initializers.zeros
-        )(q, kv, mask=mask)
+        if self.implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"unknown attention implementation {self.implementation!r}: use one of "
+                             f"{ATTENTION_IMPLEMENTATIONS}")
+        if self.implementation == "flax":  # the same function and parameters, Flax's way (before issue 13)
+            mask = None if context_mask is None else context_mask[:, None, None, :]
+            out = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                                  out_kernel_init=nn.initializers.zeros)(q, kv, mask=mask)
+        else:  # named as Flax's module: the parameter trees are identical, so either loads the other's checkpoints
+            out = MultiHeadAttention(self.num_heads, self.dtype, name="MultiHeadDotProductAttention_0")(
+                q, kv, context_mask)
         return x + out.reshape(b, h, w, c)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head dot-product attention with the parameters of Flax's `nn.MultiHeadDotProductAttention` (query, key,
+    value [D, heads, D/heads] and a zero-initialised out projection), computed with the softmax normalisation
+    deferred past the value product: out = (exp(s - max s) @ v) / sum exp(s - max s). That is the same function,
+    but the division touches [B, Q, heads, D/heads] instead of the [B, heads, Q, K] weights, whose divide was the
+    largest single attention op in a first profile (benchmarks/step_profile.py). Measured on an idle 2-core CPU, the
+    whole text-to-image step is no faster for it (164.3 vs 162.5 ms, README); issue 13's runs used it."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context, mask: Optional[jnp.ndarray] = None):
+        c = x.shape[-1]
+        if c % self.num_heads:
+            raise ValueError(f"attention width {c} is not divisible by num_heads={self.num_heads}")
+        head = c // self.num_heads
+        dense = lambda name: nn.DenseGeneral((self.num_heads, head), dtype=self.dtype, name=name)  # noqa: E731
+        q = dense("query")(x) / np.sqrt(head).astype(self.dtype)
+        k, v = dense("key")(context), dense("value")(context)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        if mask is not None:  # [B, K], True = attend
+            logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+        weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+        total = weights.sum(axis=-1).transpose(0, 2, 1)[..., None]  # [B, Q, heads, 1]
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v) / total
+        return nn.DenseGeneral(c, axis=(-2, -1), dtype=self.dtype, kernel_init=nn.initializers.zeros, name="out")(out)
 
 
 class Downsample(nn.Module):

@@ -42,6 +42,7 @@ class UNet(nn.Module):
     num_heads: int = 4
     norm_groups: int = 8
     dtype: Any = jnp.float32
+    attention: str = "deferred"  # layers.ATTENTION_IMPLEMENTATIONS: the same function, computed two ways
 
     @nn.compact
     def __call__(self, x, t, cond=None, *, train: bool = False):
@@ -71,10 +72,10 @@ class UNet(nn.Module):
 
         def attend():
             """Self-attention, then (text models) cross-attention to the text tokens."""
-            self_attention = AttentionBlock(self.num_heads, self.norm_groups, self.dtype)
+            self_attention = AttentionBlock(self.num_heads, self.norm_groups, self.dtype, self.attention)
             if context is None:
                 return self_attention
-            cross_attention = AttentionBlock(self.num_heads, self.norm_groups, self.dtype)
+            cross_attention = AttentionBlock(self.num_heads, self.norm_groups, self.dtype, self.attention)
             return lambda h: cross_attention(self_attention(h), context, context_mask)
 
         p = self.patch_size
