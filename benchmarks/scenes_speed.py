@@ -18,7 +18,7 @@ from absl import app, flags
 from diffusion_jax import profiling
 from diffusion_jax.config import load_config
 from diffusion_jax.distributed import split_cpu
-from diffusion_jax.trainers import autoencoder, diffusion
+from diffusion_jax.trainers import autoencoder, diffusion, txt2img
 
 _CONFIG = flags.DEFINE_string("config", "experiments/txt2img_scenes.py", "config file (its '' and 'pixel' presets)")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", -1, "CPU devices, as python -m diffusion_jax.main --cpu_devices "
@@ -30,21 +30,13 @@ _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "accelerator's dense bf16 TFLOP/s
                            "kind)")
 
 
-def _condition(config, n: int, rng) -> dict:
-    """A random text condition of the frozen CLIP's output shapes: tokens [n, L, W], mask [n, L], pooled [n, D]."""
-    m = config.clip.model
-    return {"tokens": rng.normal(size=(n, m.max_length, m.text_width)).astype(np.float32),
-            "mask": np.arange(m.max_length)[None].repeat(n, 0) < 10, "pooled": rng.normal(
-                size=(n, m.embed_dim)).astype(np.float32)}
-
-
 def _timer(config, shape, rng):
     """(task, a function timing `n` train steps in seconds per step, after one compile, FLOPs per example)."""
-    null = jax.tree.map(lambda a: a[0], _condition(config, 1, rng))
+    null = jax.tree.map(lambda a: a[0], txt2img.stand_in_condition(config.clip.model, 1, rng))
     task = diffusion.DiffusionTask(config, image_shape=shape, null_cond=null)
     b = config.train.batch_size
     batches = [task.dp.shard_batch({"image": rng.normal(size=(b,) + tuple(shape)).astype(np.float32),
-                                    "cond": _condition(config, b, rng)}) for _ in range(4)]
+                                    "cond": txt2img.stand_in_condition(config.clip.model, b, rng)}) for _ in range(4)]
     state = [task.dp.replicate(jax.device_get(jax.jit(task.init_state)()))]
     step = task.train_step().lower(state[0], batches[0]).compile()
     state[0], metrics = step(state[0], batches[0])

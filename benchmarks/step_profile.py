@@ -38,12 +38,9 @@ def _task(config) -> tuple[diffusion.DiffusionTask, dict]:
         txt2img.validate_config(config)
         if config.diffusion.space == "latent":
             raise SystemExit("latent space: profile the pixel preset, or see benchmarks/scenes_speed.py")
-        m = config.clip.model
-        null = {"tokens": np.zeros((m.max_length, m.text_width), np.float32), "mask": np.ones(m.max_length, bool),
-                "pooled": np.zeros(m.embed_dim, np.float32)}
+        null = jax.tree.map(lambda a: a[0], txt2img.stand_in_condition(config.clip.model, 1, rng))
         task = diffusion.DiffusionTask(config, image_shape=txt2img.IMAGE_SHAPES[config.data.dataset], null_cond=null)
-        cond = {k: rng.standard_normal((b,) + v.shape).astype(v.dtype) if v.dtype != bool
-                else np.ones((b,) + v.shape, bool) for k, v in null.items()}
+        cond = txt2img.stand_in_condition(config.clip.model, b, rng)
     images = rng.uniform(-1, 1, (b,) + task.image_shape).astype(np.float32)
     return task, {"image": images, "cond": cond}
 

@@ -22,6 +22,7 @@ from absl import app, flags, logging
 from diffusion_jax import profiling
 from diffusion_jax.config import load_config
 from diffusion_jax.distributed import split_cpu
+from diffusion_jax.sweep.points import check_point
 from diffusion_jax.trainers import clip, diffusion, txt2img
 
 _CONFIG = flags.DEFINE_string("config", "experiments/txt2img_digits.py", "config file[:preset]")
@@ -37,17 +38,6 @@ BEFORE_ISSUE_13 = {"clip.train.num_steps": 2000, "train.num_steps": 7500, "train
                    "model.attention": "flax"}
 
 
-def _with(config, overrides: dict):
-    c = config.copy_and_resolve_references()
-    for key, value in overrides.items():
-        node = c
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
-    return c
-
-
 def _steps(config):
     """[(name, lifted step, device state, device batches, global batch size, FLOPs per example)] of CLIP and U-Net."""
     tokenizer = clip.build_tokenizer(config.clip)
@@ -57,16 +47,12 @@ def _steps(config):
                                                 config.clip.train.loss),
                            ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
     clip_batches = [ct.dp.shard_batch(ct.train_batch(data, s)) for s in range(2)]
-    m, b = config.clip.model, config.train.batch_size
-    null = {"tokens": np.zeros((m.max_length, m.text_width), np.float32), "mask": np.ones(m.max_length, bool),
-            "pooled": np.zeros(m.embed_dim, np.float32)}
+    b, rng = config.train.batch_size, np.random.default_rng(0)
+    null = jax.tree.map(lambda a: a[0], txt2img.stand_in_condition(config.clip.model, 1, rng))
     task = diffusion.DiffusionTask(config, image_shape=txt2img.IMAGE_SHAPES[config.data.dataset], null_cond=null)
-    rng = np.random.default_rng(0)
     unet_batches = [task.dp.shard_batch({
         "image": rng.uniform(-1, 1, (b,) + task.image_shape).astype(np.float32),
-        "cond": {"tokens": rng.standard_normal((b, m.max_length, m.text_width)).astype(np.float32),
-                 "mask": np.ones((b, m.max_length), bool), "pooled": rng.standard_normal((b, m.embed_dim)).astype(
-                     np.float32)}}) for _ in range(2)]
+        "cond": txt2img.stand_in_condition(config.clip.model, b, rng)}) for _ in range(2)]
     out = []
     for name, step, init, batches, size in (
             ("CLIP", clip_step, ct.init_state, clip_batches, config.clip.train.batch_size),
@@ -97,7 +83,7 @@ def main(argv):
     now = load_config(_CONFIG.value)
     if _DTYPE.value:
         now.model.dtype = _DTYPE.value
-    before = _with(now, BEFORE_ISSUE_13)
+    before = check_point(now, BEFORE_ISSUE_13, "BEFORE_ISSUE_13")
     split_cpu(_CPU_DEVICES.value, min(now.train.batch_size, before.train.batch_size))
     presets = {"before issue 13": before, "now": now}
     for c in presets.values():

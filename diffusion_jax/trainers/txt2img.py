@@ -169,6 +169,16 @@ def text_condition(encoder: clip.Encoder, ids: np.ndarray, mask: np.ndarray) -> 
     return {"tokens": tokens, "mask": np.asarray(mask, bool), "pooled": pooled}
 
 
+def stand_in_condition(clip_model: ml_collections.ConfigDict, n: int, rng: np.random.Generator) -> dict:
+    """A random text condition with the shapes of the frozen CLIP's outputs (`clip_model` = config.clip.model), for
+    benchmarks, whose speed does not depend on the values: tokens [n, L, W], mask [n, L] (first 10 tokens), pooled
+    [n, D]."""
+    m = clip_model
+    return {"tokens": rng.standard_normal((n, m.max_length, m.text_width)).astype(np.float32),
+            "mask": np.arange(m.max_length)[None].repeat(n, 0) < 10,
+            "pooled": rng.standard_normal((n, m.embed_dim)).astype(np.float32)}
+
+
 @dataclasses.dataclass
 class TextToImage:
     """The text-to-image model of one config: the diffusion task (U-Net, schedule, optimizer, samplers), the frozen
