@@ -52,18 +52,21 @@ def utilisation(flops_per_image: float, images_per_s: float, devices: list, over
             f"{len(devices)} x {peak / 1e12:.0f} TFLOP/s ({kind}, dense bf16)")
 
 
-def compiled_flops(fn: Callable, *args) -> float:
-    """FLOPs of `jax.jit(fn)(*args)` from XLA's cost analysis of the compiled program (nan if XLA gives none)."""
-    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+def _cost_flops(compiled: Any) -> float:
+    """FLOPs of one device's compiled program from XLA's cost analysis (nan if XLA gives none)."""
+    analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
     return float(analysis.get("flops", float("nan")))
 
 
+def compiled_flops(fn: Callable, *args) -> float:
+    """FLOPs of `jax.jit(fn)(*args)` from XLA's cost analysis of the compiled program (nan if XLA gives none)."""
+    return _cost_flops(jax.jit(fn).lower(*args).compile())
+
+
 def flops_per_example(compiled: Any, global_batch: int, num_devices: int) -> float:
     """FLOPs per example of a compiled data-parallel step (XLA's cost analysis counts one device's program)."""
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    return float(analysis.get("flops", float("nan"))) * num_devices / global_batch
+    return _cost_flops(compiled) * num_devices / global_batch
 
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][a-z0-9-]*)\(")
