@@ -180,7 +180,7 @@ def format_profile(result: dict) -> str:
     """The profile as a Markdown table: per kind, ms per step per device and share of the op time."""
     devices, wall = result["devices"], result["wall_s"]
     total = sum(result["kinds"].values())
-    rows = [f"| what | ms per step (per device) | share of op time |", "|---|---|---|"]
+    rows = ["| what | ms per step (per device) | share of op time |", "|---|---|---|"]
     for kind, seconds in sorted(result["kinds"].items(), key=lambda kv: -kv[1]):
         rows.append(f"| {kind} | {1e3 * seconds / devices:.2f} | {seconds / total:.1%} |")
     busy = total / devices
