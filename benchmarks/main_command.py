@@ -21,8 +21,9 @@ from absl import app, flags
 _ROUNDS = flags.DEFINE_integer("rounds", 1, "alternating rounds (before, now)")
 _CONFIG = flags.DEFINE_string("config", "experiments/digits.py", "the main command's config")
 
-# Before issue 13: cosine schedule, 1,500 steps, guided DDIM with 50 steps, Flax's attention.
+# Before issue 13: cosine schedule, 1,500 steps at peak learning rate 2e-3, guided DDIM with 50 steps, Flax's attention.
 BEFORE_ISSUE_13 = {"diffusion.schedule": "cosine", "train.num_steps": 1500, "train.batch_size": 64,
+                   "train.learning_rate": 2e-3,
                    "sample.sampler": "ddim", "sample.steps": 50, "model.attention": "flax"}
 
 
