@@ -173,6 +173,10 @@ def test_config_validation_in_process():
         config.sample.guidance = guidance
         with pytest.raises(ConfigError, match="sample.guidance"):
             digits.validate_config(config)
+    config = load_config(TINY)
+    config.sample.sampler = "dpm_solver"  # not one of ddim | ddpm | dpmpp_2m | unipc
+    with pytest.raises(ConfigError, match=r"sample\.sampler.*dpm_solver.*unipc"):
+        digits.validate_config(config)
     for steps in (0, 101):  # the sampler's steps: 1 .. the training timesteps
         config = load_config(TINY)
         config.sample.steps = steps
