@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from diffusion_jax import config as config_lib
 from diffusion_jax import sweep as sweep_lib
 from diffusion_jax.config import ConfigError, load_config
 from diffusion_jax.sweep import concat, make_sweep, point_names, product, with_overrides, zip_axes
@@ -375,17 +376,10 @@ def test_digits_preset_is_the_short_recipe_sweeps_chosen_point(monkeypatch):
     sweep = sweep_lib.load_sweep(os.path.join(ROOT, "experiments/sweeps/digits_short_recipe.py"))
     assert len(sweep.points) == 5 and sweep.modes == ("train",)
     preset = load_config(os.path.join(ROOT, "experiments/digits.py"))
-
-    def value(key):  # a dotted key of the preset
-        node = preset
-        for part in key.split("."):
-            node = node[part]
-        return node
-
     chosen = {**sweep.fixed, **sweep.points[1].overrides}  # 3e-3, 100 warmup steps, seed 0: the README's choice
-    assert {key: value(key) for key in chosen} == chosen
+    assert {key: config_lib.get(preset, key) for key in chosen} == chosen
     for point in sweep.points[:1] + sweep.points[2:]:  # every other point differs from the preset in some key
-        assert any(value(key) != v for key, v in point.overrides.items()), point.name
+        assert any(config_lib.get(preset, key) != v for key, v in point.overrides.items()), point.name
 
 
 def test_evaluate_copies_sampling_speed_into_eval_json(tmp_path, monkeypatch):
