@@ -47,7 +47,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     )
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.classifier_steps = 1500  # the scene checker's digit classifier (real training digits only)
+    # The scene checker's digit classifier (real training digits only). 8,000 steps, not the digits presets' 1,500:
+    # the longer-trained classifier is as accurate on MNIST but decisive on scenes' crops (README: at 1,500 steps
+    # the autoencoder's same-reading score moved 98.4-99.6 % with the classifier's seed alone, at 8,000 99.8-100 %).
+    c.eval.classifier_steps = 8000
 
     if preset == "tiny":
         c.data.num_examples = 256

@@ -6,7 +6,7 @@ latent U-Net, each reused when its workdir holds a finished checkpoint, then eva
 
   python -m diffusion_jax.main --config=experiments/txt2img_scenes.py --workdir=runs/txt2img_scenes
 
-The pixel-space baseline on the same scenes (the same U-Net on 4x4 pixel patches, no autoencoder):
+The pixel-space baseline on the same scenes (a U-Net on 4x4 pixel patches, no autoencoder):
 
   python -m diffusion_jax.main --config=experiments/txt2img_scenes.py:pixel --workdir=runs/txt2img_scenes_pixel \\
       --config.clip.workdir=runs/txt2img_scenes/clip
@@ -47,9 +47,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.data.captions_per_image = 4  # (scene, caption) training pairs per scene: direct and reversed forms
     c.data.num_examples = 0  # > 0: exactly this many training scenes instead (the tiny preset)
 
-    # Latent space: the autoencoder's f=4 latents (16x16x4) on 2x2 patches, so the U-Net runs on the 8x8 grid of
-    # the captioned-digits model. Pixel space: the 64x64x3 pixels on 4x4 patches, a 16x16 grid (4x the positions).
-    c.model = unet_model(patch_size=4 if pixel else 2, attention_resolutions=(8,) if pixel else (8, 4))
+    # Latent space: the autoencoder's f=4 latents (16x16x4) unpatched, a 3-level U-Net at 16x16 (32 channels), 8x8
+    # and 4x4 attending at 8x8 and 4x4: each 28x28 digit covers 7x7 positions at the top level, as in the captioned-
+    # digits model. It replaced 2x2 patches on a 2-level (64, 128) U-Net (3.5x3.5 positions a digit): 1.47x the step
+    # time, and at 4,000 steps 36.5 / 24.5 % all correct (seen / held-out, guidance 3) against 22.0 / 16.0 % (README).
+    # Pixel space: the 64x64x3 pixels on 4x4 patches, a 16x16 grid.
+    c.model = (unet_model(patch_size=4, attention_resolutions=(8,)) if pixel else
+               unet_model(patch_size=1, channels=(32, 64, 128), attention_resolutions=(8, 4)))
     c.diffusion = diffusion_group(space="pixel" if pixel else "latent")
     c.train = train_group(
         num_steps=7500,
@@ -69,7 +73,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.eval.num_prompts = 200  # the first 200 held-out test scenes' captions: 100 seen, 100 with a held-out pair
     c.eval.num_per_prompt = 2
     c.eval.guidance_scales = (1.0, 2.0, 4.0, 7.0)  # sample.guidance (3) is always included
-    c.eval.classifier_steps = 1500
+    # The scene checker's digit classifier (real training digits only). 8,000 steps, not the digits presets' 1,500:
+    # the longer-trained classifier is as accurate on MNIST but decisive on scenes' crops (README: at 1,500 steps
+    # the autoencoder's same-reading score moved 98.4-99.6 % with the classifier's seed alone, at 8,000 99.8-100 %).
+    c.eval.classifier_steps = 8000
 
     if tiny:
         shrink_to_tiny(c)
@@ -79,6 +86,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.clip.train.final_eval = False
         c.autoencoder.train.final_eval = False
         c.autoencoder.model.channels = (8, 16, 16)  # f=4, as the default: 16x16x4 latents
+        if not pixel:
+            c.model.patch_size = 2  # the tests' speed: the 2-level tiny U-Net on an 8x8 grid
         c.sample.num_per_prompt = 2
         c.eval.num_prompts = 8
         c.eval.num_per_prompt = 1

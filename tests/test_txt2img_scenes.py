@@ -136,3 +136,13 @@ def test_bad_scene_configs_name_the_key():
     config.model.patch_size = 3  # 16x16 latents do not split into 3x3 patches
     with pytest.raises(ConfigError, match="patch_size"):
         txt2img.validate_config(config)
+
+
+@pytest.mark.parametrize("preset", ["", "pixel"])
+def test_autoencoder_and_generator_are_judged_by_one_checker(preset):
+    """The scene checker's classifier is the same (steps, seed) wherever a preset trains it: the autoencoder's
+    same-reading score and the U-Net's all-correct score, and their ceilings, come from one checker."""
+    config = load_config(os.path.join(ROOT, "experiments/txt2img_scenes.py") + (f":{preset}" if preset else ""))
+    alone = load_config(os.path.join(ROOT, "experiments/autoencoder_scenes.py"))
+    assert config.eval.classifier_steps == config.autoencoder.eval.classifier_steps == alone.eval.classifier_steps
+    assert config.seed == config.autoencoder.seed == alone.seed
