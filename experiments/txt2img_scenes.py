@@ -73,10 +73,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.eval.num_prompts = 200  # the first 200 held-out test scenes' captions: 100 seen, 100 with a held-out pair
     c.eval.num_per_prompt = 2
     c.eval.guidance_scales = (1.0, 2.0, 4.0, 7.0)  # sample.guidance (3) is always included
-    # The scene checker's digit classifier (real training digits only). 8,000 steps, not the digits presets' 1,500:
-    # the longer-trained classifier is as accurate on MNIST but decisive on scenes' crops (README: at 1,500 steps
-    # the autoencoder's same-reading score moved 98.4-99.6 % with the classifier's seed alone, at 8,000 99.8-100 %).
-    c.eval.classifier_steps = 8000
+    # One scene checker for the autoencoder and the U-Net: its classifier's steps are the autoencoder preset's.
+    c.eval.classifier_steps = c.autoencoder.eval.classifier_steps
 
     if tiny:
         shrink_to_tiny(c)
