@@ -3,7 +3,9 @@ coloured digits in a relation ("a red 3 left of a blue seven"), with the binding
 
   python -m diffusion_jax.main --config=experiments/clip_scenes.py --workdir=runs/clip_scenes
   python -m diffusion_jax.main --config=experiments/clip_scenes.py --workdir=runs/clip_scenes_neg \\
-      --config.train.hard_negatives=True   # NegCLIP: binding negatives in the batch
+      --config.train.hard_negatives=True --config.train.digit_negatives=True
+  # hard_negatives: NegCLIP's binding negatives of each caption in the batch; digit_negatives: two more, each with
+  # one digit replaced (both on in the text-to-image preset's CLIP)
 
 Presets: `:tiny` (seconds, tests).
 """

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax.config import ConfigError, load_config
+from diffusion_jax.data import captioned_digits as cd
 from diffusion_jax.data import scenes
 from diffusion_jax.trainers import clip
 
@@ -20,23 +21,61 @@ def task():
     return clip.ClipTask(config, clip.build_tokenizer(config))
 
 
-def test_scene_negatives_keep_the_batch_shape_and_differ_from_the_caption():
-    digits, colors, relation = np.array([[3, 7], [4, 4]]), np.array([[0, 1], [2, 3]]), np.array([0, 2])
-    neg = clip.scene_negatives(digits, colors, relation)
+def test_scene_negatives_keep_the_batch_shape_and_the_captions_form():
+    neg = clip.scene_negatives(["a red 3 left of a green 7", "a blue four above a yellow 4"])
     assert neg.shape == (2, 3)
     assert list(neg[0]) == ["a green 3 left of a red 7", "a red 7 left of a green 3", "a red 3 right of a green 7"]
-    # Equal digits: swapping them is the same scene, so that slot repeats the colour swap.
-    assert neg[1, 1] == neg[1, 0] == "a yellow 4 above a blue 4"
-    for i in range(2):
-        assert scenes.canonical_caption(digits[i], colors[i], relation[i]) not in neg[i]
+    # Written as the caption is (a word, then a numeral); equal digits: swapping them is the same scene, so that
+    # slot repeats the colour swap.
+    assert list(neg[1]) == ["a yellow four above a blue 4"] * 2 + ["a blue four below a yellow 4"]
+
+
+def test_digit_negatives_replace_one_digit_each_and_never_name_a_heldout_pair():
+    data = scenes.make_dataset("train", seed=0, num_examples=300, captions_per_image=4)
+    captions = data["captions"][np.arange(300), np.arange(300) % 4]  # every form: direct, reversed, words
+    neg = clip.scene_negatives(captions, replace_digits=True, rng=np.random.default_rng(0))
+    assert neg.shape == (300, 5)
+    np.testing.assert_array_equal(neg[:, :3], clip.scene_negatives(captions))
+    np.testing.assert_array_equal(neg, clip.scene_negatives(captions, True, np.random.default_rng(0)))
+    assert not np.array_equal(neg[:, 3:], clip.scene_negatives(captions, True, np.random.default_rng(1))[:, 3:])
+    new_digits = set()
+    for caption, negatives in zip(captions, neg):
+        digits, colors, relation = scenes.parse_prompt(caption)
+        for text in negatives:
+            assert text != caption and scenes.caption_numerals(text) == scenes.caption_numerals(caption), text
+        for j in range(2):
+            d, c, r = scenes.parse_prompt(negatives[3 + j])
+            assert (c, r) == (colors, relation), negatives[3 + j]
+            assert d[1 - j] == digits[1 - j] and d[j] != digits[j], negatives[3 + j]
+            assert not cd.is_heldout(d[j], c[j]), negatives[3 + j]
+            new_digits.add(d[j])
+    assert new_digits == set(range(10))
+
+
+def test_digit_negatives_reach_the_batch_and_need_hard_negatives():
+    config = load_config(TINY)
+    config.train.digit_negatives = True
+    with pytest.raises(ConfigError, match="digit_negatives"):
+        clip.validate_config(config)
+    config.train.hard_negatives = True
+    clip.validate_config(config)
+    task = clip.ClipTask(config, clip.build_tokenizer(config))
+    batch = task.train_batch(task.data("train", model_images=False), 0)
+    assert batch["neg_ids"].shape == (config.train.batch_size, 5, config.model.max_length)
 
 
 def test_train_batch_draws_one_caption_per_example_from_seed_and_step(task):
     data = task.data("train", model_images=False)
-    assert data["ids"].shape[1] == task.config.data.captions_per_image == 2 and data["neg_ids"].shape[1] == 3
+    assert data["ids"].shape[1] == task.config.data.captions_per_image == 2 == data["captions"].shape[1]
     b0, again, b1 = task.train_batch(data, 0), task.train_batch(data, 0), task.train_batch(data, 1)
     for key in ("image", "ids", "mask", "neg_ids"):
         np.testing.assert_array_equal(b0[key], again[key])
+    assert b0["neg_ids"].shape == (task.config.train.batch_size, 3, task.config.model.max_length)
+    # Each example's negatives are its drawn caption's, in that caption's form: as many digit words, same order.
+    words = [i for i, w in enumerate(task.tokenizer.vocab) if w in cd.DIGIT_WORDS]
+    for ids, neg in zip(b0["ids"], b0["neg_ids"]):
+        assert all(np.isin(n, words).sum() == np.isin(ids, words).sum() for n in neg)
+        assert not any(np.array_equal(n, ids) for n in neg)
     assert b0["ids"].shape == (task.config.train.batch_size, task.config.model.max_length)
     assert b0["image"].shape[1:] == (64, 64, 3) and b0["image"].dtype == np.float32
     assert not np.array_equal(b0["ids"], b1["ids"])

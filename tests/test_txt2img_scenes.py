@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -147,3 +148,20 @@ def test_autoencoder_and_generator_are_judged_by_one_checker(preset):
     alone = load_config(os.path.join(ROOT, "experiments/autoencoder_scenes.py"))
     assert config.eval.classifier_steps == config.autoencoder.eval.classifier_steps == alone.eval.classifier_steps
     assert config.seed == config.autoencoder.seed == alone.seed
+
+
+def test_latent_unet_reads_the_autoencoders_checker_instead_of_training_a_copy(tmp_path):
+    from diffusion_jax.evaluation import classifier as classifier_lib
+
+    config, workdir = load_config(TINY), str(tmp_path)
+    steps = config.eval.classifier_steps
+    assert steps == config.autoencoder.eval.classifier_steps
+    shared = os.path.join(workdir, "autoencoder", "classifier")
+    trained = classifier_lib.load_or_train_on_source(shared, config.data.source, seed=config.seed, steps=steps)
+    got = txt2img._classifier(config, workdir)
+    assert not os.path.exists(os.path.join(workdir, "classifier"))
+    for a, b in zip(jax.tree_util.tree_leaves(trained), jax.tree_util.tree_leaves(got)):
+        np.testing.assert_array_equal(a, b)
+    config.eval.classifier_steps = steps + 1  # trained otherwise: the U-Net's workdir gets its own
+    txt2img._classifier(config, workdir)
+    assert os.path.exists(os.path.join(workdir, "classifier", classifier_lib.PARAMS_FILENAME))

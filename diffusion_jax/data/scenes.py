@@ -101,14 +101,14 @@ def canonical_caption(digits: Sequence[int], colors: Sequence[int | str], relati
 
 
 def hard_negatives(digits: Sequence[int], colors: Sequence[int | str], relation: int | str,
-                   numeral: bool = True) -> dict[str, str | None]:
+                   numeral: bool | tuple[bool, bool] = True) -> dict[str, str | None]:
     """Canonical captions of scenes that differ from the given one only in binding, by kind (`HARD_NEGATIVE_KINDS`).
 
     ``'swap_colors'``: each digit takes the other's colour (positions kept). ``'swap_digits'``: the digits trade
     places, each position keeping its colour; None when both digits are equal (that would be the same scene).
     ``'flip_relation'``: left of <-> right of, above <-> below. The two colours must differ (ValueError otherwise,
     as in every scene of this dataset), so these two always describe a different scene. A negative may show a
-    held-out pair even when the scene does not.
+    held-out pair even when the scene does not. ``numeral``: as for `canonical_caption` (per position).
     """
     (d0, d1), (c0, c1), rel = _scene(digits, colors, relation)
     if c0 == c1:
@@ -165,6 +165,16 @@ def parse_prompt(text: str) -> Scene:
                          f'have different colours.')
     relation = relations[0].group(1) or relations[0].group(2)
     return (digits[0], digits[1]), (colors[0], colors[1]), RELATIONS.index(relation)
+
+
+def caption_numerals(text: str) -> tuple[bool, bool]:
+    """Which objects of a two-object caption are written as numerals ("a red 3 ..." True, "a red three ..." False),
+    in the caption's order: with `parse_prompt`, all that `canonical_caption` needs to write another scene in the
+    same form. ValueError naming the caption unless it has exactly two digits."""
+    digits = _DIGIT_TOKEN.findall(' '.join(str(text).lower().split()))
+    if len(digits) != 2:
+        raise ValueError(f'caption {text!r} has {len(digits)} digits; a scene caption has two.')
+    return digits[0].isdigit(), digits[1].isdigit()
 
 
 def render_scene(digit_images: np.ndarray, colors: Sequence[int | str], boxes: np.ndarray) -> np.ndarray:

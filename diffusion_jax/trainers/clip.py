@@ -4,7 +4,8 @@ binding test.
 `config.data.dataset` picks the data: 'captioned_digits' (one 32x32 digit, its colour and position) or 'scenes'
 (two digits in a relation on a 64x64 canvas, `data/scenes.py`). On scenes, `train.hard_negatives` adds each
 caption's binding negatives (colours swapped, digits swapped, relation flipped) to the image->text softmax
-(NegCLIP's recipe), and the evaluation reports how often the true caption outscores each kind of negative.
+(NegCLIP's recipe; `train.digit_negatives` adds two that replace a digit), and the evaluation reports how often the
+true caption outscores each kind of negative.
 
 Reuses the shared loop, checkpoints and data-parallel lift of the digits task. The tokenizer is built from the
 training captions and saved beside the checkpoints (`workdir/tokenizer.json`) by `train`; a resumed run, and every
@@ -13,7 +14,7 @@ user of a trained CLIP (`load`), reloads it. `ClipTask` does no I/O: it is given
 import itertools
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -61,6 +62,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.train.hard_negatives and (config.data.dataset != "scenes" or config.train.loss != "infonce"):
         raise ConfigError(f"config.train.hard_negatives=True needs config.data.dataset='scenes' and "
                           f"config.train.loss='infonce' (got {config.data.dataset!r}, {config.train.loss!r})")
+    if config.train.digit_negatives and not config.train.hard_negatives:
+        raise ConfigError("config.train.digit_negatives=True adds to NegCLIP's negatives: it needs "
+                          "config.train.hard_negatives=True")
     config_lib.check_choice(config, "train.parallel", MODES)
     config_lib.check_number(config, "data.train_copies", 1, 25)  # a digit has 25 colour x layout combinations
     config_lib.check_number(config, "data.max_shift", 0)
@@ -92,13 +96,28 @@ def build_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
     return Tokenizer.build(list(captions) + prompts, max_length=config.model.max_length)
 
 
-def scene_negatives(digits: np.ndarray, colors: np.ndarray, relation: np.ndarray) -> np.ndarray:
-    """The hard-negative captions [N, 3] of scenes, in `scenes.HARD_NEGATIVE_KINDS` order; a 'swap_digits' that
-    would be the same scene (equal digits) is replaced by the 'swap_colors' caption (the batch keeps its shape)."""
-    out = np.empty((len(relation), len(scenes.HARD_NEGATIVE_KINDS)), dtype=object)
-    for i, (d, c, r) in enumerate(zip(digits, colors, relation)):
-        negatives = scenes.hard_negatives(d, c, r)
-        out[i] = [negatives[k] or negatives["swap_colors"] for k in scenes.HARD_NEGATIVE_KINDS]
+def scene_negatives(captions: Sequence[str], replace_digits: bool = False,
+                    rng: np.random.Generator | None = None) -> np.ndarray:
+    """The hard-negative captions [N, 3] of scene captions, in `scenes.HARD_NEGATIVE_KINDS` order, each written in
+    its caption's own form (object order, numerals or words): a negative differs from its caption in what it says
+    only, never in how, so the form cannot give it away. A 'swap_digits' that would be the same scene (equal
+    digits) is replaced by the 'swap_colors' caption (the batch keeps its shape).
+
+    With `replace_digits`, [N, 5]: two more per caption, its first and then its second object's digit replaced by
+    another digit (drawn from `rng`; never one that makes a held-out (digit, colour) pair). A swap can be told
+    apart by binding alone; a replaced digit only by reading it (SugarCrepe's "replace" negatives).
+    """
+    kinds = len(scenes.HARD_NEGATIVE_KINDS)
+    out = np.empty((len(captions), kinds + 2 * replace_digits), dtype=object)
+    for i, caption in enumerate(captions):
+        (d, c, r), numeral = scenes.parse_prompt(caption), scenes.caption_numerals(caption)
+        negatives = scenes.hard_negatives(d, c, r, numeral)
+        out[i, :kinds] = [negatives[k] or negatives["swap_colors"] for k in scenes.HARD_NEGATIVE_KINDS]
+        for j in range(2 if replace_digits else 0):
+            others = [x for x in range(mnist.NUM_CLASSES) if x != d[j] and not cd.is_heldout(x, c[j])]
+            new = list(d)
+            new[j] = others[rng.integers(len(others))]
+            out[i, kinds + j] = scenes.canonical_caption(new, c, r, numeral)
     return out
 
 
@@ -152,7 +171,8 @@ class ClipTask:
 
     def _scene_data(self, split: str, num_train, model_images: bool) -> dict:
         """Two-digit scenes: 'train' has `data.captions_per_image` captions per scene (ids/mask [N, K, L], one drawn
-        per step by `train_batch`); with `train.hard_negatives`, each scene's 3 negatives (neg_ids [N, 3, L])."""
+        per step by `train_batch`); with `train.hard_negatives`, also the caption strings, from which `train_batch`
+        writes the negatives of the caption it draws."""
         c = self.config
         raw = scenes.make_dataset(split, seed=c.seed if split == "train" else c.seed + 1, source=c.data.source,
                                   num_examples=num_train, captions_per_image=c.data.captions_per_image)
@@ -161,10 +181,8 @@ class ClipTask:
         out = {"image": to_model_images(raw["image"]) if model_images else raw["image"],
                "ids": ids.reshape(n, k, -1), "mask": mask.reshape(n, k, -1),
                **{key: raw[key] for key in ("digits", "colors", "relation", "heldout")}}
-        if c.train.hard_negatives and split == "train":
-            neg_ids, neg_mask = self.tokenizer.encode(list(scene_negatives(
-                raw["digits"], raw["colors"], raw["relation"]).reshape(-1)))
-            out.update(neg_ids=neg_ids.reshape(n, -1, ids.shape[-1]), neg_mask=neg_mask.reshape(n, -1, ids.shape[-1]))
+        if c.train.hard_negatives and split == "train":  # the negatives are written per step (`train_batch`)
+            out["captions"] = raw["captions"]
         return out
 
     def train_batch(self, data: dict, step: int) -> dict:
@@ -179,8 +197,11 @@ class ClipTask:
             pick = np.random.default_rng([c.seed, step, 11]).integers(0, b["ids"].shape[1], len(images))
             rows = np.arange(len(images))
             out.update(ids=b["ids"][rows, pick], mask=b["mask"][rows, pick])
-        if "neg_ids" in b:
-            out.update(neg_ids=b["neg_ids"], neg_mask=b["neg_mask"])
+        if c.train.hard_negatives:  # NegCLIP: the negatives of each drawn caption, in its form (`scene_negatives`)
+            texts = b["captions"][rows, pick] if b["ids"].ndim == 3 else b["captions"][:, 0]
+            negatives = scene_negatives(texts, c.train.digit_negatives, np.random.default_rng([c.seed, step, 13]))
+            neg_ids, neg_mask = self.tokenizer.encode(list(negatives.reshape(-1)))
+            out.update(neg_ids=neg_ids.reshape(*negatives.shape, -1), neg_mask=neg_mask.reshape(*negatives.shape, -1))
         return out
 
 
@@ -226,7 +247,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             tokenizer.save(path)
     task = ClipTask(config, tokenizer)
     data = {k: v for k, v in task.data("train", model_images=False).items()
-            if k in ("image", "ids", "mask", "neg_ids", "neg_mask")}
+            if k in ("image", "ids", "mask", "captions")}
     t = config.train
     step = task.dp.lift(make_train_step(task.model, task.tx, t.ema_decay, t.loss), ("replicated", "sharded"),
                         ("replicated", "replicated"), donate_argnums=(0,))

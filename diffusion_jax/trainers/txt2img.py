@@ -380,9 +380,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _classifier(config: ml_collections.ConfigDict, workdir: str):
-    """The attribute checker's digit classifier (real training digits only), trained once into WORKDIR/classifier."""
-    return classifier_lib.load_or_train_on_source(os.path.join(workdir, "classifier"), config.data.source,
-                                                  seed=config.seed, steps=config.eval.classifier_steps)
+    """The attribute checker's digit classifier (real training digits only), trained once into WORKDIR/classifier.
+
+    In latent space, when WORKDIR has none and the autoencoder's workdir holds one trained the same way (its
+    evaluation's scene checker: same source, seed and steps), that one is read instead of training a copy.
+    """
+    directory = os.path.join(workdir, "classifier")
+    if config.diffusion.space == "latent" and not os.path.exists(directory):
+        a, shared = config.autoencoder, os.path.join(autoencoder_workdir(config, workdir), "classifier")
+        if (os.path.exists(os.path.join(shared, classifier_lib.PARAMS_FILENAME)) and
+                (a.seed, a.data.source, a.eval.classifier_steps) ==
+                (config.seed, config.data.source, config.eval.classifier_steps)):
+            directory = shared
+    return classifier_lib.load_or_train_on_source(directory, config.data.source, seed=config.seed,
+                                                  steps=config.eval.classifier_steps)
 
 
 def _write_eval(workdir: str, result: dict, config: ml_collections.ConfigDict) -> None:
