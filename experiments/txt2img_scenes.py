@@ -74,7 +74,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         batch_size=250,
         # Guidance 5, set after the one command from nothing of 2026-12-06 (form-matched and digit negatives in
         # CLIP), whose default was 4: all correct (seen / held-out) 82.5 / 61.5 % at 5 against 79.0 / 57.5 % at 4,
-        # and 82.0 / 61.5 against 76.5 / 60.5 % with another sampling seed; 6 and 7 within noise of 5 (README).
+        # and 82.0 / 61.5 against 76.5 / 60.5 % with another sampling seed (a third seed, after: 77.0 / 63.0 % at 5);
+        # 6 and 7 within noise of 5 (README).
         guidance=5.0,
     )
     c.eval = ml_collections.ConfigDict()
