@@ -40,7 +40,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         weight_decay=1e-4,
         loss="infonce",  # infonce (CLIP) | sigmoid (SigLIP, for ablations)
         hard_negatives=False,  # scenes + infonce: NegCLIP's binding negatives in the image->text softmax
-        digit_negatives=False,  # with hard_negatives: two more per scene, each with one digit replaced
+        digit_negatives=False,  # with hard_negatives: two more per caption, each with one digit replaced
         final_eval=True,
     )
 
