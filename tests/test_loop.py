@@ -1,5 +1,6 @@
 """The shared train loop does not stall the device: metrics stay on it until a log step, the next batch is built
 while a step runs, and every device-to-host transfer is explicit (it runs under `jax.transfer_guard`)."""
+import json
 import os
 
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax.checkpoint import Checkpointer
-from diffusion_jax.parallel import DataParallel
+from diffusion_jax.parallel import MODES, DataParallel
 from diffusion_jax.trainers import loop
 
 
@@ -21,9 +22,10 @@ def _fake_step(state, batch):
     return {"step": step, "w": state["w"] * 0.9 + jnp.mean(batch["x"])}, {"loss": 1.0 / step}
 
 
-@pytest.fixture(scope="module")
-def lifted():
-    dp = DataParallel("shard_map", jax.local_devices()[:2])
+@pytest.fixture(scope="module", params=MODES)
+def lifted(request):
+    """The fake step lifted over 2 devices, once per data-parallel mode: under pmap the metrics keep a device axis."""
+    dp = DataParallel(request.param, jax.local_devices()[:2])
     return dp, dp.lift(_fake_step, ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
 
 
@@ -56,14 +58,18 @@ def test_metrics_are_fetched_only_at_log_and_checkpoint_steps(lifted, tmp_path, 
     order = [e for e in events if e[0] != "fetch"]
     assert order[:3] == [("batch", 0), ("step",), ("batch", 1)]
     assert [e for e in events if e[0] == "batch"] == [("batch", s) for s in range(12)]  # no batch built twice
-    rows = [line for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
-    assert len(rows) == 3  # steps 4, 8, 12
+    rows = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    # Each row is the mean over its window of the fake step's loss 1 / step.
+    np.testing.assert_allclose([r["loss"] for r in rows], [np.mean(1 / np.arange(a, a + 4)) for a in (1, 5, 9)],
+                               rtol=1e-6)
     with Checkpointer(os.path.join(tmp_path, "checkpoints")) as ckpt:
         assert ckpt.all_steps() == [6, 12]
 
 
-def test_non_finite_loss_inside_a_log_window_names_its_step_and_is_never_saved(tmp_path):
-    dp = DataParallel("shard_map", jax.local_devices()[:1])
+@pytest.mark.parametrize("mode", MODES)
+def test_non_finite_loss_inside_a_log_window_names_its_step_and_is_never_saved(tmp_path, mode):
+    dp = DataParallel(mode, jax.local_devices()[:1])
 
     def nan_at_9(state, batch):
         step = state["step"] + 1

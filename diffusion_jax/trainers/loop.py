@@ -22,6 +22,7 @@ import tqdm
 from absl import logging
 from tensorboardX import SummaryWriter
 
+from diffusion_jax import distributed
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.parallel import DataParallel
 
@@ -67,9 +68,11 @@ def restore_or_init(checkpointer: Checkpointer, init_state: Callable[[], Any]) -
 def fetch_metrics(window: list) -> list[dict]:
     """The device metrics of the steps since the last fetch, as host floats: the loop's one device-to-host sync.
 
-    Called at log and checkpoint steps only, so between them the host never waits for the device.
+    Called at log and checkpoint steps only, so between them the host never waits for the device. A metric is a
+    replicated scalar: a 0-d array under shard_map, one equal value per device ([devices]) under pmap, whose first
+    entry is taken after the one transfer of the whole window.
     """
-    return [{k: float(v) for k, v in m.items()} for m in jax.device_get(window)]
+    return [{k: float(np.asarray(v).reshape(-1)[0]) for k, v in m.items()} for m in jax.device_get(window)]
 
 
 def _check_finite(first_step: int, metrics: list[dict], workdir: str, last_saved: Optional[int]) -> None:
@@ -108,7 +111,7 @@ def train_loop(*, workdir: str, dp: DataParallel, init_state: Callable[[], Any],
         checkpointer.close()
         return host_state
     state = dp.replicate(host_state)
-    primary = jax.process_index() == 0
+    primary = distributed.is_primary()
     writer = MetricsWriter(workdir, enabled=primary)
     bar = tqdm.tqdm(total=num_steps, initial=step, desc=description, disable=not (progress and primary),
                     dynamic_ncols=True, mininterval=1.0)
