@@ -6,7 +6,7 @@ For each steps:seed point it trains the checker's classifier on the real trainin
 cached in --cache/steps_seed) and prints its MNIST test accuracy, the checker's all-correct ceiling on the 500
 held-out real scenes, and, with --autoencoder (a trained `experiments/autoencoder_scenes.py` workdir), the
 fraction of that autoencoder's reconstructions the checker reads as their originals (the autoencoder's
-"same reading"). The README's choice of 8,000 steps for the scene presets comes from this table.
+"same reading"). The scene presets' choice of 8,000 steps comes from this table (docs/latent_scenes.md).
 """
 import os
 
@@ -27,17 +27,17 @@ _CACHE = flags.DEFINE_string("cache", "runs/scene_checker", "where the classifie
 def main(argv):
     del argv
     config = load_config(_CONFIG.value)
-    test = scenes.make_dataset("test", seed=config.seed + 1, source=config.data.source)
+    test = scenes.make_dataset("test", seed=config.seed + 1, **mnist.source_args(config.data))
     truth = (test["digits"], test["colors"], test["relation"], test["heldout"])
     recon = None
     if _AUTOENCODER.value:
         recon = autoencoder.reconstruct(autoencoder.load(config, _AUTOENCODER.value), test["image"])
-    digits_x, digits_y = mnist.load_mnist(config.data.source, "test")
+    digits_x, digits_y = mnist.load_mnist(split="test", **mnist.source_args(config.data))
     print(f"{'steps':>6} {'seed':>4} {'MNIST test':>10} {'ceiling (all correct)':>22} {'same reading':>13}")
     for point in _POINTS.value:
         steps, seed = (int(v) for v in point.split(":"))
         params = classifier_lib.load_or_train_on_source(os.path.join(_CACHE.value, f"{steps}_{seed}"),
-                                                        config.data.source, seed=seed, steps=steps)
+                                                        config.data, seed=seed, steps=steps)
         found = scene_checks.check_scenes(params, test["image"])
         ceiling = scene_checks.scene_scores(found, *truth)["all_accuracy"]
         same = "" if recon is None else \

@@ -1,14 +1,20 @@
 """A Python API for notebooks and scripts: load a trained workdir and call it, without absl flags.
 
     from diffusion_jax import api
+    digits = api.Digits.load("runs/digits", "experiments/digits.py")
+    images = digits([3, 9], num_per_label=8)                                  # uint8 [16, 32, 32, 1]
+
     t2i = api.TextToImage.load("runs/txt2img_scenes", "experiments/txt2img_scenes.py")
-    images = t2i(["a red 3 left of a blue seven"], num_per_prompt=4, seed=0)   # uint8 [4, 64, 64, 3]
+    images = t2i(["a red 3 left of a blue seven"], num_per_prompt=4)           # uint8 [4, 64, 64, 3]
     embeddings = t2i.embed(["a red 3 left of a blue seven"])                   # [1, D], unit norm
 
     clip = api.load_clip("runs/clip_scenes", "experiments/clip_scenes.py")     # texts/images -> embeddings
 
-Loading reads each model once (CLIP, the autoencoder in latent space, the U-Net's EMA weights); calls compile once
-per chunk size, so a notebook can call them in a loop. Bad prompts raise `txt2img.PromptError` naming the prompt.
+Every loader takes (workdir, config[, overrides]): the run to load, the config (spec or ConfigDict) it was trained
+with, and dotted-key overrides such as {'sample.steps': 20}. Loading reads each model once and places the sampling
+weights on the devices once; calls compile once per chunk size, so a notebook can call them in a loop. `seed` and
+`guidance` default to the config's `sample.seed` and `sample.guidance`: a call draws exactly the images
+`--mode=sample` draws for the same conditions. Bad prompts raise `txt2img.PromptError` naming the prompt.
 """
 from typing import Optional, Sequence, Union
 
@@ -16,8 +22,8 @@ import ml_collections
 import numpy as np
 
 from diffusion_jax.config import ConfigError, load_config
-from diffusion_jax.trainers import clip, txt2img
-from diffusion_jax.trainers.state import TrainState
+from diffusion_jax.data import mnist
+from diffusion_jax.trainers import clip, digits, txt2img
 
 ConfigLike = Union[str, ml_collections.ConfigDict]
 
@@ -34,43 +40,82 @@ def _config(config: ConfigLike, overrides: Optional[dict]) -> ml_collections.Con
     return config
 
 
+def _count(value, name: str) -> int:
+    """`value` as a positive int; ValueError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _guidance(value: Optional[float]) -> Optional[float]:
+    if value is not None and not np.isfinite(value):
+        raise ValueError(f"guidance must be a finite number, got {value!r}")
+    return value
+
+
+class Digits:
+    """A trained digits workdir, callable: labels in, uint8 digits out."""
+
+    def __init__(self, task, state):
+        self.task, self.state, self.config = task, state, task.config
+        self._params = task.params_for_sampling(state)  # on the devices once, not per call
+
+    @classmethod
+    def load(cls, workdir: str, config: ConfigLike, overrides: Optional[dict] = None) -> "Digits":
+        """Loads the digit model of `workdir` (or of `sample.checkpoint_workdir`); FileNotFoundError naming the
+        folder when it holds no checkpoint; a checkpoint of another model is refused naming the leaves."""
+        config = _config(config, overrides)
+        digits.validate_config(config)
+        task = digits.make_task(config)
+        return cls(task, task.load_for_sampling(workdir, "the digit model")[1])
+
+    def __call__(self, labels: Union[int, Sequence[int]], *, num_per_label: int = 1, seed: Optional[int] = None,
+                 guidance: Optional[float] = None) -> np.ndarray:
+        """uint8 digits [len(labels) * num_per_label, 32, 32, 1], label-major. Image i depends only on (seed, i, its
+        label, guidance): `--mode=sample --config.sample.labels=3,9 --config.sample.num_per_class=8` draws
+        `digits([3, 9], num_per_label=8)`."""
+        labels = np.atleast_1d(np.asarray(labels))
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or np.any((labels < 0) | (labels > 9)):
+            raise ValueError(f"labels must be digits 0-9, got {labels.tolist()!r}")
+        labels = np.repeat(labels.astype(np.int32), _count(num_per_label, "num_per_label"))
+        s = self.config.sample
+        images = self.task.sampler_for(len(labels))(self._params, labels, seed=s.seed if seed is None else seed,
+                                                    guidance=s.guidance if guidance is None else _guidance(guidance))
+        return mnist.to_uint8_images(images)
+
+
 class TextToImage:
     """A trained text-to-image workdir, callable: prompts in, uint8 images out."""
 
-    def __init__(self, model: txt2img.TextToImage, state: TrainState):
-        self.model, self.state = model, state
-        self.config = model.config
+    def __init__(self, pipeline: txt2img.Pipeline, state):
+        self.pipeline, self.state, self.config = pipeline, state, pipeline.config
+        self._params = pipeline.task.params_for_sampling(state)  # on the devices once, not per call
 
     @classmethod
     def load(cls, workdir: str, config: ConfigLike, overrides: Optional[dict] = None) -> "TextToImage":
-        """Loads the workdir a text-to-image config trained (`config`: the spec or ConfigDict it was trained with;
-        `overrides`: e.g. {'sample.steps': 20}). FileNotFoundError naming what is not trained; a U-Net of another
-        autoencoder is refused (CheckpointMismatchError)."""
+        """Loads the U-Net of `workdir` (or of `sample.checkpoint_workdir`) with the CLIP and autoencoder it was
+        trained on. FileNotFoundError naming what is not trained; a U-Net of another CLIP or autoencoder is
+        refused (CheckpointMismatchError)."""
         config = _config(config, overrides)
         txt2img.validate_config(config)
-        model = txt2img.TextToImage.load(config, workdir)
-        txt2img.check_space(config.sample.checkpoint_workdir or workdir, model.space)
-        return cls(model, model.load_state(workdir))
+        return cls(*txt2img.load_for_sampling(config, workdir))
 
-    def __call__(self, prompts: Union[str, Sequence[str]], *, num_per_prompt: int = 1, seed: int = 0,
+    def __call__(self, prompts: Union[str, Sequence[str]], *, num_per_prompt: int = 1, seed: Optional[int] = None,
                  guidance: Optional[float] = None) -> np.ndarray:
-        """uint8 images [len(prompts) * num_per_prompt, H, W, 3], prompt-major; `guidance` defaults to the
-        config's. Image i depends only on (seed, i, its prompt, guidance)."""
+        """uint8 images [len(prompts) * num_per_prompt, H, W, 3], prompt-major. Image i depends only on (seed, i, its
+        prompt, guidance)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if isinstance(num_per_prompt, bool) or not isinstance(num_per_prompt, int) or num_per_prompt < 1:
-            raise ValueError(f"num_per_prompt must be a positive integer, got {num_per_prompt!r}")
-        if guidance is not None and not np.isfinite(guidance):
-            raise ValueError(f"guidance must be a finite number, got {guidance!r}")
-        return txt2img.generate(self.model, self.state, prompts, num_per_prompt=num_per_prompt, seed=seed,
-                                guidance=guidance)
+        return txt2img.generate(self.pipeline, self._params, prompts,
+                                num_per_prompt=_count(num_per_prompt, "num_per_prompt"), seed=seed,
+                                guidance=_guidance(guidance))
 
     def embed(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
         """The frozen CLIP's pooled, unit-norm text embeddings [T, D] (what conditions the U-Net)."""
-        return self.model.encoder.embed_texts([texts] if isinstance(texts, str) else list(texts))[0]
+        return self.pipeline.encoder.embed_texts([texts] if isinstance(texts, str) else list(texts))[0]
 
     def embed_images(self, images_uint8: np.ndarray) -> np.ndarray:
         """The frozen CLIP's unit-norm image embeddings [N, D] of uint8 images [N, H, W, 3]."""
-        return self.model.encoder.embed_images(images_uint8)
+        return self.pipeline.encoder.embed_images(images_uint8)
 
 
 def load_clip(workdir: str, config: ConfigLike, overrides: Optional[dict] = None) -> clip.Encoder:

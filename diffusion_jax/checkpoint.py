@@ -13,13 +13,16 @@ What orbax does not do and this module adds:
 * Fallback: orbax restores exactly the step it is asked for and raises on a damaged one (often a
   misleading "pytree structure" or tensorstore error). `Checkpointer.restore` tries the steps newest
   to oldest, each with a fresh manager, logs a WARNING for every damaged step it skips, and raises
-  `CheckpointDamagedError` if none is usable rather than silently starting from scratch. Only what
-  damaged files raise counts as damage (`_is_damage`: missing, truncated or garbled files); any other
-  error (a transient OSError, a bug) propagates, so a flaky file system never silently resumes an
-  older step whose next save would move the newer one aside.
-* Several processes agree: each process tries the same step, their outcomes are gathered to all of
-  them, and a step is used only if every process read it; so all resume from the same step, even
-  when damage is visible to one process only (a stale cache, a partly synced copy).
+  `CheckpointDamagedError` if none is usable rather than silently starting from scratch. Damage is
+  named, not guessed (`_is_damage`): what this module detects itself (`StepDamage`: no item tree, an
+  unreadable tree, a CRC-32 mismatch) and the read errors measured on damaged files (tensorstore's
+  DATA_LOSS, OUT_OF_RANGE, FAILED_PRECONDITION and NOT_FOUND). Any other error (a transient OSError, a
+  ValueError of a bug or of an orbax change) propagates, so a flaky file system or a bug never
+  silently resumes an older step whose next save would move the newer one aside.
+* Several processes agree: each process tries the same step, their outcomes (read, damaged, mismatched,
+  failed) are gathered to all of them, and a step is used only if every process read it; so all resume
+  from the same step, even when damage is visible to one process only (a stale cache, a partly synced
+  copy), and all raise together when one process cannot go on.
 * Compatibility: orbax silently casts dtypes and reports a shape mismatch without naming the leaf.
   `restore` compares every leaf of the checkpoint's metadata with the abstract state first and raises
   `CheckpointMismatchError` naming the leaves and both shapes. A mismatch is a wrong config, not
@@ -35,6 +38,7 @@ What orbax does not do and this module adds:
 
 from __future__ import annotations
 
+import json
 import operator
 import os
 import time
@@ -47,7 +51,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-__all__ = ["Checkpointer", "CheckpointDamagedError", "CheckpointMismatchError", "restore_latest"]
+from diffusion_jax import distributed
+
+__all__ = ["Checkpointer", "CheckpointDamagedError", "CheckpointMismatchError", "StepDamage", "restore_latest"]
 
 # orbax's suffix for a step that is still being written (atomic rename on finalisation).
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -63,6 +69,19 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointDamagedError(RuntimeError):
     """Every finished checkpoint step in a directory is damaged: there is nothing good to resume."""
+
+
+class StepDamage(Exception):
+    """One step's files are damaged in a way this module detects itself: no item tree (`default/_METADATA`
+    missing), an unreadable item tree, or array data whose CRC-32 differs from the one saved with it."""
+
+
+# tensorstore's status codes in the errors orbax 0.12.8 raises for damaged files, measured
+# (tests/test_checkpoint.py: truncated, deleted or garbled data files, OCDBT index and manifest):
+# OUT_OF_RANGE (a truncated file), FAILED_PRECONDITION (a truncated compressed stream), NOT_FOUND (a missing
+# file), DATA_LOSS (a garbled manifest). Other codes (PERMISSION_DENIED, UNAVAILABLE, INVALID_ARGUMENT ...) are not
+# damage.
+_DAMAGE_CODES = ("DATA_LOSS:", "OUT_OF_RANGE:", "FAILED_PRECONDITION:", "NOT_FOUND:")
 
 
 class Checkpointer:
@@ -158,7 +177,7 @@ class Checkpointer:
         (e.g. restoring) when it moves, and none starts writing before it has moved.
         """
         _barrier(f"diffusion_jax.checkpoint.before_move_aside.{step}")
-        if jax.process_index() == 0:
+        if distributed.is_primary():
             for damaged in sorted(self._damaged_steps - {step}):
                 if self.step_dir(damaged).exists():
                     self._rename_aside(self.step_dir(damaged), "damaged", "it was found damaged by restore")
@@ -215,20 +234,21 @@ class Checkpointer:
             try:
                 state = self._restore_step(step, abstract, config_specs)
                 outcome = _OK
-            except CheckpointMismatchError:
-                raise  # the same config on every process: every process raises it
-            except Exception as exc:  # noqa: BLE001 -- sorted into damage and everything else right here
-                if not _is_damage(exc) and jax.process_count() == 1:
-                    raise
-                outcome, error, reason = (_DAMAGED, None, _short_reason(exc)) if _is_damage(exc) else (_ERROR, exc, "")
+            except Exception as exc:  # noqa: BLE001 -- sorted right here: damage, mismatch, everything else
+                if _is_damage(exc):
+                    outcome, reason = _DAMAGED, _short_reason(exc)
+                else:  # raised below, after every process has said how its read went (no process is left waiting)
+                    outcome, error = (_MISMATCH if isinstance(exc, CheckpointMismatchError) else _ERROR), exc
             outcomes = _gather_outcomes(outcome)
             if error is not None:
                 raise error
-            if _ERROR in outcomes:
-                raise RuntimeError(
-                    f"process(es) {[p for p, o in enumerate(outcomes) if o == _ERROR]} failed to restore step {step} "
-                    f"from {self.directory} with an error that is not checkpoint damage (see their logs); nothing "
-                    "was skipped or changed on disk.")
+            for bad, what in ((_MISMATCH, "found that it does not fit the config's state"),
+                              (_ERROR, "failed with an error that is not checkpoint damage")):
+                if bad in outcomes:
+                    kind = CheckpointMismatchError if bad == _MISMATCH else RuntimeError
+                    raise kind(
+                        f"process(es) {[p for p, o in enumerate(outcomes) if o == bad]} {what} restoring step {step} "
+                        f"from {self.directory} (see their logs); nothing was skipped or changed on disk.")
             if _DAMAGED not in outcomes:
                 if failures:
                     logging.warning("Restored step %d from %s after skipping damaged steps %s.",
@@ -255,10 +275,15 @@ class Checkpointer:
             item_handlers=ocp.StandardCheckpointHandler(),
         )
         try:
-            metadata = manager.item_metadata(step)
+            if not (self.step_dir(step) / "default" / "_METADATA").exists():
+                raise StepDamage(f"no item tree (default/_METADATA) in {self.step_dir(step)}")
+            try:
+                metadata = manager.item_metadata(step)
+            except json.JSONDecodeError as exc:
+                raise StepDamage(f"unreadable item tree (default/_METADATA) in {self.step_dir(step)}: {exc}") from exc
             tree = getattr(metadata, "tree", None)
             if tree is None:
-                raise FileNotFoundError(f"no readable item metadata (_METADATA) in {self.step_dir(step)}")
+                raise StepDamage(f"no readable item tree (default/_METADATA) in {self.step_dir(step)}")
             self._check_compatible(step, _leaf_specs(tree, "checkpoint"), config_specs)
             state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
             expected = (manager.metadata(step).custom_metadata or {}).get(_CHECKSUMS_KEY)
@@ -273,7 +298,7 @@ class Checkpointer:
         return state
 
     def _verify_checksums(self, step: int, state: Any, expected: dict[str, int] | None) -> None:
-        """Raises ValueError (treated as damage) if a restored leaf's CRC-32 differs from the saved one."""
+        """Raises StepDamage if a restored leaf's CRC-32 differs from the saved one."""
         if not expected:
             logging.warning("Checkpoint %s has no leaf checksums (written elsewhere, or its _CHECKPOINT_METADATA "
                             "is unreadable): restored without verifying the array data.", self.step_dir(step))
@@ -283,7 +308,7 @@ class Checkpointer:
             return
         bad = [path for path, crc in actual.items() if expected.get(path) != crc]
         if bad:
-            raise ValueError(f"CRC-32 of the restored data differs from the one saved for {len(bad)} leaves "
+            raise StepDamage(f"CRC-32 of the restored data differs from the one saved for {len(bad)} leaves "
                              f"(silently corrupted data files): {', '.join(bad[:_MAX_LISTED_DIFFS])}")
 
     def _check_compatible(self, step: int, ckpt: dict[str, tuple], config: dict[str, tuple]) -> None:
@@ -317,20 +342,23 @@ class Checkpointer:
         self.close()
 
 
-_OK, _DAMAGED, _ERROR = 0, 1, 2
+_OK, _DAMAGED, _ERROR, _MISMATCH = 0, 1, 2, 3
 
 
 def _is_damage(exc: BaseException) -> bool:
-    """Whether `exc` is what a damaged step raises: a ValueError (tensorstore's read errors, garbled JSON,
-    a CRC-32 mismatch) or FileNotFoundError (a missing file), possibly wrapped by orbax in a bare Exception.
+    """Whether `exc` is what a damaged step raises: a `StepDamage` (detected here), or a ValueError whose message
+    starts with one of tensorstore's damage codes (`_DAMAGE_CODES`), possibly wrapped by orbax in a bare Exception.
 
     Measured on orbax 0.12.8 for truncated, deleted and bit-flipped data files, a truncated OCDBT index, a deleted
-    manifest and deleted or garbled metadata (tests/test_checkpoint.py). Anything else (PermissionError, EIO,
-    a time-out, a TypeError from a bug) is not damage: it propagates instead of skipping the step.
+    or garbled manifest and deleted or garbled metadata (tests/test_checkpoint.py). Anything else (PermissionError,
+    EIO, a time-out, a TypeError or a plain ValueError from a bug or an orbax change) is not damage: it propagates
+    instead of skipping the step.
     """
     while exc is not None:
-        if isinstance(exc, (ValueError, FileNotFoundError)):
+        if isinstance(exc, StepDamage):
             return True
+        if isinstance(exc, ValueError):
+            return str(exc).startswith(_DAMAGE_CODES)
         if type(exc) is not Exception:  # orbax re-raises tensorstore's errors as a bare Exception with a cause
             return False
         exc = exc.__cause__

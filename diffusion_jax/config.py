@@ -54,6 +54,36 @@ def check_number(config, key: str, minimum: float = 1, maximum: float = float("i
         raise ConfigError(f"config.{key}={value!r} must be a number {bound}")
 
 
+def check_data_source(config, sources: Sequence[str]) -> None:
+    """config.data.source is one of `sources`, and config.data.tfds_data_dir (if the group has it) is set only for
+    the 'tfds' source, where it is read (elsewhere it would be silently ignored)."""
+    check_choice(config, "data.source", sources)
+    data_dir = config.data.get("tfds_data_dir", "")
+    if not isinstance(data_dir, str):
+        raise ConfigError(f"config.data.tfds_data_dir={data_dir!r} must be a directory path (a string)")
+    if data_dir and config.data.source != "tfds":
+        raise ConfigError(f"config.data.tfds_data_dir={data_dir!r} is read by config.data.source='tfds' only, but "
+                          f"the source is {config.data.source!r}")
+
+
+def check_batch_divides(config, key: str, num_devices: int) -> None:
+    """ConfigError unless the global batch config.<key> splits evenly over `num_devices` devices (every process's
+    devices): checked before any work, not at the first step."""
+    value = get(config, key)
+    if value % num_devices:
+        raise ConfigError(f"config.{key}={value} cannot be split evenly over the {num_devices} devices: choose a "
+                          f"multiple of {num_devices}")
+
+
+def nested(name: str, check, config, *args) -> None:
+    """Runs `check(config.<name>, *args)`, naming its keys config.<name>.<key> in a ConfigError (nested configs such
+    as text to image's `clip` and `autoencoder` groups)."""
+    try:
+        check(config[name], *args)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("config.", f"config.{name}.", 1)) from None
+
+
 def check_npz_path(config, key: str) -> None:
     """ConfigError unless config.<key> is empty or ends in .npz."""
     value = get(config, key)
@@ -75,16 +105,15 @@ def unet_model(**overrides) -> ml_collections.ConfigDict:
         channels=(64, 128),
         num_res_blocks=1,
         attention_resolutions=(4,),  # in U-Net feature-map pixels (after patchify); the middle always attends
-        # Space-to-depth first: 4x4 patches, so the U-Net runs on an 8x8 grid of 16-channel pixels. On a 2-core CPU this
-        # is ~2.5x faster per FLOP than patch 2 with narrower channels (measured: see README) and trains in minutes.
+        # Space-to-depth first: 4x4 patches, so the U-Net runs on an 8x8 grid of 16-channel pixels: on a CPU, wide
+        # low-resolution convolutions run faster per FLOP than narrow high-resolution ones (docs/digits.md).
         patch_size=4,
         dropout=0.0,
         num_heads=4,
         norm_groups=8,
         dtype="float32",  # float32 | bfloat16 (compute dtype; params and schedule stay float32)
-        # deferred (softmax normalised after the value product; issue 13's runs) | flax (Flax's
-        # MultiHeadDotProductAttention, the default before). The same function and parameters, and on an idle 2-core CPU
-        # the same speed: 164.3 vs 162.5 ms per text-to-image step (benchmarks/step_profile.py, README)
+        # deferred (softmax normalised after the value product) | flax (Flax's MultiHeadDotProductAttention): the same
+        # function and parameters, so either loads the other's checkpoints (speed: docs/training_speed.md)
         attention="deferred",
     ), overrides)
 
@@ -95,8 +124,8 @@ def diffusion_group(**overrides) -> ml_collections.ConfigDict:
         space="pixel",  # text to image: pixel | latent (the U-Net denoises the latents of config.autoencoder)
         schedule="cosine",  # linear | cosine
         num_steps=1000,  # training timesteps T
-        # v (Salimans & Ho 2022) learns the high-noise regime far faster than eps in a short CPU run (measured: eps
-        # samples were unrecognisable after 32k images, v at 21k already had digit shapes); eps stays one flag away.
+        # v (Salimans & Ho 2022) learns the high-noise regime far faster than eps in a short CPU run (docs/digits.md,
+        # docs/sweeps.md); eps stays one flag away.
         prediction="v",  # eps | v
         # probability the condition is dropped (a label replaced by the null class, a caption by the empty caption):
         # classifier-free guidance training
@@ -127,7 +156,7 @@ def train_group(num_steps: int, ema_decay: float, **overrides) -> ml_collections
 def sample_group(**overrides) -> ml_collections.ConfigDict:
     """The `sample` group of the image generators: the sampler, what to draw (the task's keys), where to write it."""
     return _group(dict(
-        sampler="unipc",  # ddim | ddpm | dpmpp_2m (DPM-Solver++ 2M) | unipc (UniPC bh2); README: samplers sweep
+        sampler="unipc",  # ddim | ddpm | dpmpp_2m (DPM-Solver++ 2M) | unipc (UniPC bh2); docs/sweeps.md
         steps=10,
         eta=0.0,
         guidance=3.0,

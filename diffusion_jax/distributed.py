@@ -94,6 +94,21 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def primary_decides(value: int) -> int:
+    """Process 0's `value` (an int or bool), on every process; `value` itself in a one-process run.
+
+    For decisions with collective consequences made from what a process sees on disk (train a model or reuse it,
+    refuse a run): listings of a shared file system may briefly differ between processes, and processes that decided
+    differently would wait for each other in different collectives.
+    """
+    if jax.process_count() == 1:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+    decided = int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+    return bool(decided) if isinstance(value, bool) else decided
+
+
 def split_cpu(num_devices: int, batch_size: int, environ: Optional[dict] = None) -> int:
     """Makes the CPU backend `num_devices` devices (-1: auto, see --cpu_devices) by setting XLA_FLAGS; returns the count
     set (0 when XLA_FLAGS is left alone). Must run before JAX starts its backend.

@@ -12,10 +12,11 @@ from ml_collections import config_flags
 from diffusion_jax import distributed
 from diffusion_jax.checkpoint import CheckpointDamagedError, CheckpointMismatchError
 from diffusion_jax.config import ConfigError
+from diffusion_jax.evaluation.classifier import ClassifierCacheError
 
 # Errors that explain themselves: printed as one line (exit code 2) instead of a traceback.
 _USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError, CheckpointMismatchError,
-                CheckpointDamagedError)
+                CheckpointDamagedError, ClassifierCacheError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally file.py:preset.",
                                           lock_config=True)

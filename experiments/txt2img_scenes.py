@@ -36,31 +36,30 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
     c.clip = load_config(os.path.join(here, "clip_scenes.py") + sub)
     c.clip.workdir = ""  # "" = WORKDIR/clip
-    c.clip.train.hard_negatives = True  # NegCLIP: plain CLIP binds colours and digits to objects poorly (README)
+    c.clip.train.hard_negatives = True  # NegCLIP: plain CLIP binds colours and digits poorly (docs/latent_scenes.md)
     c.clip.train.digit_negatives = True  # and two negatives a caption that replace a digit: the digits must be read
     c.autoencoder = load_config(os.path.join(here, "autoencoder_scenes.py") + sub)
     c.autoencoder.workdir = ""  # "" = WORKDIR/autoencoder (latent space only)
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "scenes"
-    c.data.source = "bundled"
+    c.data.source = "bundled"  # bundled | tfds; config.clip.data and config.autoencoder.data have their own
+    c.data.tfds_data_dir = ""  # TFDS data_dir for source=tfds ("" = TFDS default)
     c.data.train_copies = 2  # scenes per training digit
     c.data.captions_per_image = 4  # (scene, caption) training pairs per scene: direct and reversed forms
     c.data.num_examples = 0  # > 0: exactly this many training scenes instead (the tiny preset)
 
     # Latent space: the autoencoder's f=4 latents (16x16x4) unpatched, a 2-level U-Net at 16x16 (32 channels) and 8x8
     # (64, self- and cross-attention): each 28x28 digit covers 7x7 positions at the top level, as in the captioned-
-    # digits model. Against the 3-level (32, 64, 128) U-Net attending at 8x8 and 4x4 (the default until 2026-12-06),
-    # same CLIP, autoencoder, 9,000 steps and guidance 5: all correct (seen / held-out) 96.0 / 89.5 % against
-    # 88.5 / 70.0 %, at 0.69x its step time (README). Before that, 2x2 patches on a 2-level (64, 128) U-Net (3.5x3.5
-    # positions a digit) drew a third as many scenes right. Pixel space: the 64x64x3 pixels on 4x4 patches, a 16x16 grid.
+    # digits model. It draws more scenes right than a 3-level (32, 64, 128) U-Net, at less step time, and than 2x2
+    # patches (3.5x3.5 positions a digit) (docs/latent_scenes.md). Pixel space: the 64x64x3 pixels on 4x4 patches, a
+    # 16x16 grid.
     c.model = (unet_model(patch_size=4, attention_resolutions=(8,)) if pixel else
                unet_model(patch_size=1, channels=(32, 64), attention_resolutions=(8,)))
     c.diffusion = diffusion_group(space="pixel" if pixel else "latent")
-    # Batch 64 (the default). Batch 32 for 13,000 steps, the wall time of 64 x 7,500, won on captioned digits
-    # (issue 13) but not here: 33.5 / 17.0 % all correct against 67.5 / 46.0 % (guidance 4, same autoencoder and
-    # CLIP; README "Batch 32 on scenes"), at the same loss per example seen. 9,000 steps (7,500 until 2026-12-06):
-    # the held-out digits are the whole gap left, and the one command from nothing had 15 min to spare at 7,500.
+    # Batch 64 (the default): batch 32 for more steps at the same wall time, better on captioned digits, draws far
+    # fewer scenes right here. 9,000 steps: the held-out digits keep improving after the loss flattens, and the one
+    # command from nothing stays inside its 90 minutes (docs/latent_scenes.md).
     c.train = train_group(
         num_steps=9000,
         ema_decay=0.999,
@@ -74,10 +73,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         num_per_prompt=4,
         checkpoint_workdir="",
         batch_size=250,
-        # Guidance 5, set after the one command from nothing of 2026-12-06 (form-matched and digit negatives in
-        # CLIP), whose default was 4: all correct (seen / held-out) 82.5 / 61.5 % at 5 against 79.0 / 57.5 % at 4,
-        # and 82.0 / 61.5 against 76.5 / 60.5 % with another sampling seed (a third seed, after: 77.0 / 63.0 % at 5);
-        # 6 and 7 within noise of 5 (README).
+        # Guidance 5: chosen over several sampling seeds (4 fell short of the targets, 6 and 7 within noise of 5), and
+        # fixed before the runs that measure the preset (docs/latent_scenes.md).
         guidance=5.0,
     )
     c.eval = ml_collections.ConfigDict()

@@ -3,9 +3,10 @@
     python tests/multihost_checkpoint_worker.py --dir CKPT --inject KIND --coordinator_address 127.0.0.1:PORT
         --num_processes 2 --process_id I
 
-Both processes save steps 1 and 2 together. Then process 1 alone sees step 2 as KIND: 'damaged' (a ValueError, what
-a CRC-32 mismatch raises, after the reads) or 'oserror' (a transient OSError, which is not damage); process 0 reads
-every step fine. Each prints `WORKER {"restored": step, "w": ...}` or `WORKER {"error": "Type: message"}`.
+Both processes save steps 1 and 2 together. Then process 1 alone sees step 2 as KIND: 'damaged' (a StepDamage, what
+a CRC-32 mismatch raises, after the reads), 'mismatch' (a CheckpointMismatchError, as from a stale copy of another
+run's step) or 'oserror' (a transient OSError, which is not damage); process 0 reads every step fine. Each prints
+`WORKER {"restored": step, "w": ...}` or `WORKER {"error": "Type: message"}`.
 """
 import argparse
 import json
@@ -41,7 +42,9 @@ def main() -> None:
         # After orbax's reads (which hold barriers every process must reach), as a CRC-32 mismatch would be.
         def verify(self, step, *a):
             if step == 2:
-                raise ValueError("injected damage") if args.inject == "damaged" else OSError(5, "injected I/O error")
+                raise {"damaged": checkpoint.StepDamage("injected damage"),
+                       "mismatch": checkpoint.CheckpointMismatchError("injected mismatch"),
+                       "oserror": OSError(5, "injected I/O error")}[args.inject]
             return original(self, step, *a)
         checkpoint.Checkpointer._verify_checksums = verify
     try:

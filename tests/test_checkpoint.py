@@ -139,8 +139,24 @@ def delete_ocdbt_manifest(step_dir: Path):
     (step_dir / "default" / "manifest.ocdbt").unlink()
 
 
+def garble_ocdbt_manifest(step_dir: Path):
+    manifest = step_dir / "default" / "manifest.ocdbt"
+    data = bytearray(manifest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    manifest.write_bytes(bytes(data))
+
+
+def empty_item_metadata(step_dir: Path):
+    (step_dir / "default" / "_METADATA").write_text("")
+
+
+def delete_item_directory(step_dir: Path):
+    shutil.rmtree(step_dir / "default")
+
+
 CORRUPTIONS = [truncate_data_file, delete_data_file, flip_bytes_in_data_file, truncate_ocdbt_index,
-               delete_item_metadata, garble_item_metadata, delete_ocdbt_manifest]
+               delete_item_metadata, garble_item_metadata, empty_item_metadata, delete_item_directory,
+               delete_ocdbt_manifest, garble_ocdbt_manifest]
 
 
 @pytest.fixture
@@ -358,9 +374,21 @@ def test_bad_arguments_are_named(ckpt_dir):
             ckpt.restore(make_state().replace(params={"Dense_0": {"kernel": object(), "bias": jnp.zeros(4)}}))
 
 
-@pytest.mark.parametrize("error", [OSError(5, "Input/output error"), PermissionError(13, "Permission denied"),
-                                   TimeoutError("read timed out"), TypeError("a bug in the caller")],
-                         ids=lambda e: type(e).__name__)
+def _wrapped(cause: Exception) -> Exception:
+    """As orbax re-raises tensorstore's errors: a bare Exception whose cause is the error."""
+    error = Exception("Encountered error while reading array index")
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize("error", [
+    OSError(5, "Input/output error"), PermissionError(13, "Permission denied"), TimeoutError("read timed out"),
+    TypeError("a bug in the caller"), ValueError("a bug, or a new check in orbax"),
+    FileNotFoundError(2, "No such file or directory", "/elsewhere/config.json"),
+    _wrapped(ValueError("PERMISSION_DENIED: Error reading local file")),
+    _wrapped(ValueError("UNAVAILABLE: the file system is not mounted"))],
+    ids=["OSError", "PermissionError", "TimeoutError", "TypeError", "ValueError", "FileNotFoundError",
+         "tensorstore-PERMISSION_DENIED", "tensorstore-UNAVAILABLE"])
 def test_an_error_that_is_not_damage_raises_instead_of_falling_back(ckpt_dir, monkeypatch, error):
     # A transient file-system error (or a bug) on the newest step must not resume an older step: the next save
     # would then move the newer, possibly good, step aside.
@@ -373,8 +401,9 @@ def test_an_error_that_is_not_damage_raises_instead_of_falling_back(ckpt_dir, mo
 
     monkeypatch.setattr(ocp.CheckpointManager, "restore", failing_restore)
     with Checkpointer(ckpt_dir) as ckpt:
-        with pytest.raises(type(error)):
+        with pytest.raises(type(error)) as raised:
             ckpt.restore(abstract_of(old))
+        assert raised.value is error
         assert ckpt._damaged_steps == set()  # nothing is marked to be moved aside by the next save
     assert listing(ckpt_dir) == before
 

@@ -1,9 +1,11 @@
-"""CLIP model: shapes, unit-norm embeddings, clamped temperature, padding invariance, captions that differ."""
+"""CLIP model: shapes, unit-norm embeddings, the temperature clamped after the update, padding invariance, captions
+that differ."""
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from diffusion_jax.models.clip import CLIP, TextTower
@@ -64,14 +66,29 @@ def test_embeddings_have_unit_norm_and_scale_starts_at_clip_value(params):
     np.testing.assert_allclose(float(scale), 1 / 0.07, rtol=1e-5)
 
 
-def test_logit_scale_is_clamped_at_100(params):
-    temperature = lambda p: MODEL.apply(p, method=CLIP.temperature)  # noqa: E731
-    big = jax.tree.map(lambda x: x, params)
-    big["params"]["logit_scale"] = jnp.asarray(math.log(1000.0), jnp.float32)
-    assert float(temperature(big)) == pytest.approx(100.0)
-    small = jax.tree.map(lambda x: x, params)
-    small["params"]["logit_scale"] = jnp.asarray(math.log(50.0), jnp.float32)
-    assert float(temperature(small)) == pytest.approx(50.0, rel=1e-5)
+def test_temperature_is_clamped_after_the_update_and_keeps_its_gradient(params):
+    # Before issue 27 the scale was min(exp(logit_scale), 100) in the forward pass: its gradient was 0 at the cap,
+    # so a temperature that reached it could never come back. Now the parameter is clamped after each update.
+    from diffusion_jax.parallel import DataParallel
+    from diffusion_jax.trainers import clip as clip_task
+    from diffusion_jax.trainers.state import TrainState
+    capped = jax.tree.map(lambda x: x, params)
+    capped["params"]["logit_scale"] = jnp.asarray(math.log(1000.0), jnp.float32)
+    batch = {"image": _images(), "ids": IDS, "mask": MASK}
+
+    def loss(p):
+        img, txt, scale = MODEL.apply(p, batch["image"], IDS, MASK)
+        return clip_task.infonce_loss(img, txt, scale)
+    assert float(jax.grad(loss)(capped)["params"]["logit_scale"]) != 0.0
+    dp = DataParallel("shard_map", jax.local_devices()[:1])
+    tx = optax.sgd(1e-3)
+    step = dp.lift(clip_task.make_train_step(MODEL, tx, 0.9), ("replicated", "sharded"), ("replicated", "replicated"))
+    state, metrics = step(dp.replicate(TrainState.create(capped, tx)), dp.shard_batch(batch))
+    state = dp.unreplicate(state)
+    assert float(state.params["params"]["logit_scale"]) == pytest.approx(math.log(100.0), rel=1e-6)
+    assert float(state.ema_params["params"]["logit_scale"]) <= math.log(1000.0)
+    assert float(metrics["logit_scale"]) == pytest.approx(100.0, rel=1e-5)
+    assert float(MODEL.apply(capped, method=CLIP.temperature)) == pytest.approx(1000.0, rel=1e-5)
 
 
 def test_padding_does_not_change_real_tokens_or_pooled(params, encode_text):

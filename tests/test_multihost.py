@@ -198,9 +198,10 @@ def test_main_refuses_an_impossible_process_id(tmp_path):
 CHECKPOINT_WORKER = os.path.join(ROOT, "tests", "multihost_checkpoint_worker.py")
 
 
-@pytest.mark.parametrize("inject", ["damaged", "oserror"])
+@pytest.mark.parametrize("inject", ["damaged", "oserror", "mismatch"])
 def test_two_processes_agree_on_the_restored_step(tmp_path, inject):
-    """Damage visible to process 1 only: both skip the step; an OSError on process 1 only: both raise."""
+    """Damage visible to process 1 only: both skip the step; an OSError or a mismatch on process 1 only: both raise
+    (before issue 27 a mismatch on one process was raised before the gather, leaving the other waiting in it)."""
     reason = _gloo_missing()
     if reason:
         pytest.skip(reason)
@@ -216,8 +217,12 @@ def test_two_processes_agree_on_the_restored_step(tmp_path, inject):
     assert len(results) == 2, results
     if inject == "damaged":
         assert results == [{"restored": 1, "w": 1.0}] * 2  # process 0 could read step 2, but both use step 1
-    else:
+    elif inject == "oserror":
         assert "OSError" in results[1]["error"] and "injected I/O error" in results[1]["error"], results
         assert "RuntimeError" in results[0]["error"] and "process(es) [1]" in results[0]["error"], results
         assert "not checkpoint damage" in results[0]["error"]
+    else:
+        assert results[1]["error"] == "CheckpointMismatchError: injected mismatch", results
+        assert results[0]["error"].startswith("CheckpointMismatchError: process(es) [1]"), results
+        assert "does not fit the config's state" in results[0]["error"]
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["1", "2"]  # nothing moved aside or deleted

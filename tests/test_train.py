@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_jax import distributed
+from diffusion_jax import api, distributed
 from diffusion_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from diffusion_jax.config import ConfigError, load_config
 from diffusion_jax.parallel import DataParallel
@@ -63,6 +63,24 @@ def test_main_end_to_end_outputs(e2e):
     assert 0.0 <= result["accuracy"] <= 1.0 and set(result["per_class_accuracy"]) == {str(d) for d in range(10)}
     assert result["fd"] > 0 and result["fd_floor"] > 0
     assert "eval: accuracy" in out
+
+
+def test_api_draws_the_digits_sample_mode_drew(e2e, monkeypatch):
+    """Issue 27: a digits API, whose seed defaults to sample.seed: it reproduces the run's samples.npz exactly, and
+    places the weights on the devices once per load, not once per call."""
+    workdir, _ = e2e
+    model = api.Digits.load(workdir, TINY)
+    placed = []
+    replicate = DataParallel.replicate
+    monkeypatch.setattr(DataParallel, "replicate", lambda self, tree: placed.append(tree) or replicate(self, tree))
+    images = model(list(range(10)), num_per_label=2)
+    with np.load(os.path.join(workdir, "samples", "samples.npz")) as f:
+        np.testing.assert_array_equal(images, f["images"])
+    assert model([3], seed=5).shape == (1, 32, 32, 1)
+    assert all(np.ndim(tree) == 0 for tree in placed), "the weights were placed on the devices again"
+    for bad in ([10], [[1, 2]], ["3"]):
+        with pytest.raises(ValueError, match="labels must be digits 0-9"):
+            model(bad)
 
 
 def test_sample_mode_options_and_rerun_keeps_previous_result(e2e, tmp_path):

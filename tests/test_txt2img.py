@@ -1,6 +1,7 @@
 """Text to image: cross-attention and its mask, guidance, prompt errors, attribute checks, 1 vs 8 devices, e2e."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -11,6 +12,8 @@ import numpy as np
 import optax
 import pytest
 
+from diffusion_jax import api
+from diffusion_jax.checkpoint import CheckpointMismatchError
 from diffusion_jax.config import load_config
 from diffusion_jax.data import captioned_digits as cd
 from diffusion_jax.data import mnist
@@ -203,7 +206,7 @@ def test_bad_prompts_are_clear_errors(e2e):
     assert code == 2 and "prompt 1 is empty" in out
     code, out = _main(workdir, "--config.sample.prompts=zebra quokka", mode="sample")
     assert code == 2 and "zebra" in out and "only unknown words" in out
-    task = txt2img.TextToImage.load(load_config(TINY), workdir)
+    task = txt2img.Pipeline.load(load_config(TINY), workdir)
     with pytest.raises(txt2img.PromptError, match="empty"):
         task.prompt_condition(["a red 3", "  "])
     with warnings.catch_warnings(record=True) as caught:
@@ -215,20 +218,95 @@ def test_bad_prompts_are_clear_errors(e2e):
 
 
 def test_sampling_reads_the_unet_of_sample_checkpoint_workdir(e2e, tmp_path):
-    """A sweep point samples another run's U-Net (sample.checkpoint_workdir) and CLIP (clip.workdir) and writes
-    nothing but its own outputs; a folder without checkpoints is named in the error."""
+    """A sweep point samples another run's U-Net (sample.checkpoint_workdir) with the CLIP that run recorded, and
+    writes nothing but its own outputs; a folder without checkpoints is named in the error."""
     workdir, _ = e2e
     config = load_config(TINY)
-    config.sample.checkpoint_workdir, config.clip.workdir = workdir, os.path.join(workdir, "clip")
-    model = txt2img.TextToImage.load(config, str(tmp_path / "point"))
-    state = model.load_state(str(tmp_path / "point"))
-    own = txt2img.TextToImage.load(load_config(TINY), workdir).load_state(workdir)
+    config.sample.checkpoint_workdir = workdir
+    model, state = txt2img.load_for_sampling(config, str(tmp_path / "point"))
+    assert model.clip_workdir == os.path.join(workdir, "clip")  # the recorded CLIP, not the point's own clip/
+    own = txt2img.Pipeline.load(load_config(TINY), workdir).load_state(workdir)
     assert int(state.step) == int(own.step) == config.train.num_steps
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(own.ema_params)))
     assert not os.path.exists(tmp_path / "point")
     config.sample.checkpoint_workdir = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=r"nowhere/checkpoints.*text-to-image U-Net.*sample.checkpoint_workdir"):
         model.task.load_for_sampling(str(tmp_path / "point"), "the text-to-image U-Net")
+
+
+def _other_clip(workdir: str, destination) -> str:
+    """A copy of the run's CLIP whose tokenizer lists its vocabulary in another order: it loads, but it is not the
+    CLIP the U-Net was trained on."""
+    shutil.copytree(os.path.join(workdir, "clip"), destination)
+    path = os.path.join(destination, "tokenizer.json")
+    data = json.load(open(path))
+    data["vocab"][5], data["vocab"][6] = data["vocab"][6], data["vocab"][5]
+    json.dump(data, open(path, "w"))
+    return str(destination)
+
+
+def test_the_clip_a_unet_was_trained_on_is_recorded_and_checked(e2e, tmp_path):
+    """Issue 27: clip.json records the CLIP (workdir, step, tokenizer and text-tower hashes); sampling another run
+    defaults to that CLIP, and another CLIP is refused naming both before anything is loaded or written."""
+    workdir, _ = e2e
+    recorded = json.load(open(os.path.join(workdir, txt2img.CLIP_FILE)))
+    encoder = txt2img.Pipeline.load(load_config(TINY), workdir).encoder
+    assert recorded == {"workdir": "clip", **encoder.fingerprint()}
+    assert recorded["step"] == load_config(TINY).clip.train.num_steps
+    point = tmp_path / "point"
+    _other_clip(workdir, point / "clip")  # before issue 27, sampling from `point` took this CLIP
+    config = load_config(TINY)
+    config.sample.checkpoint_workdir = workdir
+    assert txt2img.load_for_sampling(config, str(point))[0].clip_workdir == os.path.join(workdir, "clip")
+    config.clip.workdir = str(point / "clip")
+    before = sorted(os.listdir(workdir))
+    with pytest.raises(CheckpointMismatchError, match=r"trained on the CLIP of 'clip' at step \d+ .*tokenizer or text"):
+        txt2img.load_for_sampling(config, str(point))
+    code, out = _main(str(point), f"--config.sample.checkpoint_workdir={workdir}",
+                      f"--config.clip.workdir={point}/clip", "--config.sample.prompts=a red 3 in the top left",
+                      mode="sample")
+    assert code == 2 and "tokenizer or text tower differ" in out, out
+    assert sorted(os.listdir(workdir)) == before and not os.path.exists(point / "samples")
+
+
+def test_a_clip_outside_the_run_is_never_trained_further(e2e, tmp_path):
+    workdir, _ = e2e
+    shared = str(tmp_path / "shared_clip")
+    shutil.copytree(os.path.join(workdir, "clip"), shared)
+    listing = sorted(os.listdir(os.path.join(shared, "checkpoints")))
+    steps = load_config(TINY).clip.train.num_steps
+    code, out = _main(str(tmp_path / "run"), f"--config.clip.workdir={shared}",
+                      f"--config.clip.train.num_steps={steps + 10}")
+    assert code == 2, out
+    assert f"config.clip.workdir={shared!r} holds a CLIP at step {steps}" in out
+    assert "is not trained further" in out
+    assert sorted(os.listdir(os.path.join(shared, "checkpoints"))) == listing
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+    # The run's own CLIP, once its U-Net records it, is not trained further either.
+    copy = str(tmp_path / "copy")
+    shutil.copytree(workdir, copy)
+    code, out = _main(copy, f"--config.clip.train.num_steps={steps + 10}")
+    assert code == 2 and "the U-Net in" in out and "was trained on it (clip.json)" in out, out
+    assert sorted(os.listdir(os.path.join(copy, "clip", "checkpoints"))) == listing
+
+
+def test_api_draws_what_sample_mode_draws_and_uploads_the_weights_once(e2e, tmp_path, monkeypatch):
+    """Issue 27: the API's seed defaults to sample.seed, as --mode=sample's; the weights are placed once per load."""
+    workdir, _ = e2e
+    output = str(tmp_path / "cli.npz")
+    prompts = ["a red 3 in the top left", "a blue seven in the center"]
+    code, out = _main(workdir, f"--config.sample.prompts={';'.join(prompts)}", "--config.sample.num_per_prompt=2",
+                      f"--config.sample.output={output}", mode="sample")
+    assert code == 0, out
+    t2i = api.TextToImage.load(workdir, TINY)
+    placed = []
+    replicate = DataParallel.replicate
+    monkeypatch.setattr(DataParallel, "replicate", lambda self, tree: placed.append(tree) or replicate(self, tree))
+    images = t2i(prompts, num_per_prompt=2)
+    t2i(prompts[:1])
+    with np.load(output) as f:
+        np.testing.assert_array_equal(images, f["images"])
+    assert all(np.ndim(tree) == 0 for tree in placed), "the U-Net weights were placed on the devices again"
 
 
 def test_generate_and_the_text_tower_compile_once_per_shape(e2e, monkeypatch):
@@ -242,11 +320,11 @@ def test_generate_and_the_text_tower_compile_once_per_shape(e2e, monkeypatch):
         return sample(*args, **kwargs)
 
     monkeypatch.setattr(diffusion.samplers, "sample", counting_sample)
-    model = txt2img.TextToImage.load(load_config(TINY), workdir)
-    state = model.load_state(workdir)
-    first = txt2img.generate(model, state, ["a red 3 in the top left"] * 3, seed=0)
-    again = txt2img.generate(model, state, ["a red 3 in the top left"] * 3, seed=0, guidance=5.0)
-    four = txt2img.generate(model, state, ["a blue 7 in the center"] * 4, seed=0)
+    model = txt2img.Pipeline.load(load_config(TINY), workdir)
+    params = model.task.params_for_sampling(model.load_state(workdir))
+    first = txt2img.generate(model, params, ["a red 3 in the top left"] * 3, seed=0)
+    again = txt2img.generate(model, params, ["a red 3 in the top left"] * 3, seed=0, guidance=5.0)
+    four = txt2img.generate(model, params, ["a blue 7 in the center"] * 4, seed=0)
     assert first.shape == (3, 32, 32, 3) and four.shape == (4, 32, 32, 3) and not np.array_equal(first, again)
     assert len(traces) == 1, traces  # 3 and 4 prompts share the chunk of 4; guidance is traced, not static
     encoder = model.encoder
@@ -262,5 +340,5 @@ def test_generate_and_the_text_tower_compile_once_per_shape(e2e, monkeypatch):
 
 def test_loading_without_a_trained_clip_names_it_and_creates_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"no CLIP in {tmp_path / 'run' / 'clip'}"):
-        txt2img.TextToImage.load(load_config(TINY), str(tmp_path / "run"))
+        txt2img.Pipeline.load(load_config(TINY), str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")

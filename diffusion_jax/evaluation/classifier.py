@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from diffusion_jax import distributed
 from diffusion_jax.data import mnist
 
 IMAGE_SHAPE = (32, 32, 1)
@@ -30,7 +31,7 @@ NUM_CLASSES = 10
 PARAMS_FILENAME = "classifier.msgpack"
 INFO_FILENAME = "classifier.json"
 
-# Defaults: 98.2-99.0% held-out accuracy on the bundled 4,500/500 split (seeds 0-2), 25-35 s on the 2-core CPU.
+# Defaults: accurate enough on held-out real digits to grade samples, and trained in seconds on a CPU (docs/digits.md).
 DEFAULT_STEPS = 1500
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_LEARNING_RATE = 1e-3
@@ -40,9 +41,9 @@ MAX_SHIFT = 2  # pixels of random translation used as augmentation
 class DigitClassifier(nn.Module):
     """conv 32 /2 -> conv 64 /2 -> dense `feature_dim` (the features) -> 10 logits.
 
-    Both 3x3 convolutions have stride 2 instead of being followed by max pooling: on the 2-core CPU the
-    backward pass of XLA's max pool (select-and-scatter) made a training step about 9x slower (230 ms
-    against 25 ms at batch 64), and the strided network already reaches 98-99% held-out accuracy.
+    Both 3x3 convolutions have stride 2 instead of being followed by max pooling: on a CPU the backward pass
+    of XLA's max pool (select-and-scatter) makes a training step many times slower, and the strided network
+    is already accurate enough (docs/digits.md).
     """
 
     channels: tuple[int, ...] = (32, 64)
@@ -236,13 +237,59 @@ def load_classifier(path: str) -> Any:
         with open(path, "rb") as f:
             params = flax.serialization.from_bytes(template, f.read())
     except Exception as e:  # msgpack and flax raise many different types for damaged files
-        raise ValueError(f"cannot read classifier parameters from {path}: {type(e).__name__}: {e}") from e
+        raise ClassifierCacheError(f"cannot read classifier parameters from {path}: {type(e).__name__}: "
+                                   f"{' '.join(str(e).split())[:200]}") from None
     for (key_path, want), got in zip(jax.tree_util.tree_leaves_with_path(template), jax.tree.leaves(params)):
         if np.shape(got) != np.shape(want):
             name = jax.tree_util.keystr(key_path)
-            raise ValueError(f"classifier parameters in {path} have {name} of shape {np.shape(got)}, "
-                             f"expected {np.shape(want)}")
+            raise ClassifierCacheError(f"classifier parameters in {path} have {name} of shape {np.shape(got)}, "
+                                       f"expected {np.shape(want)}")
     return params
+
+
+class ClassifierCacheError(ValueError):
+    """A cached classifier cannot be used: trained with other settings, or unreadable. The message names the file
+    and the config keys that differ; the cache is left in place."""
+
+
+# The config keys that set each cached setting (for messages): the run's seed, eval.classifier_steps, the data source.
+_SETTING_KEYS = {"seed": "seed", "steps": "eval.classifier_steps", "num_train": "data.source"}
+
+
+def _cached_settings(directory: str) -> dict | None:
+    """The settings a classifier cached in `directory` was trained with; None when there is no cache (or no info
+    file beside it); ClassifierCacheError naming the file when the info cannot be read."""
+    info_path = os.path.join(directory, INFO_FILENAME)
+    if not (os.path.exists(os.path.join(directory, PARAMS_FILENAME)) and os.path.exists(info_path)):
+        return None
+    try:
+        with open(info_path) as f:
+            cached = json.load(f)["settings"]
+        if not isinstance(cached, dict):
+            raise TypeError(f"'settings' is a {type(cached).__name__}, not an object")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ClassifierCacheError(f"cannot read classifier info {info_path}: {type(e).__name__}: {e}") from None
+    return cached
+
+
+def _check_settings(directory: str, settings: dict) -> None:
+    """ClassifierCacheError naming the file and config keys if `directory` caches a classifier trained otherwise."""
+    cached = _cached_settings(directory)
+    if cached is None:
+        return
+    differ = {k: (cached.get(k), v) for k, v in settings.items() if k in cached and cached[k] != v}
+    if differ:
+        keys = ", ".join(f"config.{_SETTING_KEYS[k]}" if k in _SETTING_KEYS else k for k in differ)
+        raise ClassifierCacheError(
+            f"the classifier cached in {os.path.join(directory, PARAMS_FILENAME)} was trained with other settings "
+            f"(cached, requested): {differ} ({keys}); use the run's settings, another --workdir, or move the "
+            f"folder {directory} aside")
+
+
+def check_cache(directory: str, *, seed: int, steps: int) -> None:
+    """Before any work: ClassifierCacheError naming the keys if `directory` caches a classifier of another seed or
+    step count than the config asks for (the rest of its settings are checked when it is loaded)."""
+    _check_settings(directory, {"seed": int(seed), "steps": int(steps)})
 
 
 def load_or_train_classifier(
@@ -260,8 +307,9 @@ def load_or_train_classifier(
     The parameters go to `directory/classifier.msgpack` (flax.serialization) and a small
     `classifier.json` records the training settings, the time it took and, when `heldout_images` and
     `heldout_labels` are given, the held-out accuracy. A cached classifier trained with other settings
-    (seed, steps, batch size, number of training digits) raises ValueError rather than being silently
-    reused; an unreadable cache raises ValueError naming the file, which is left in place.
+    (seed, steps, batch size, number of training digits) raises ClassifierCacheError rather than being
+    silently reused; an unreadable cache raises it naming the file, which is left in place. Only process 0 writes
+    the cache (every process of a multi-process run trains the same classifier from the same seed).
     `train_kwargs` go to `train_classifier` (steps, batch_size, learning_rate, max_shift).
     """
     unknown = set(train_kwargs) - {"steps", "batch_size", "learning_rate", "max_shift"}
@@ -280,18 +328,7 @@ def load_or_train_classifier(
         "num_train": int(np.shape(images)[0]),
     }
     if os.path.exists(params_path):
-        if os.path.exists(info_path):
-            try:
-                with open(info_path) as f:
-                    cached = json.load(f)["settings"]
-                if not isinstance(cached, dict):
-                    raise TypeError(f"'settings' is a {type(cached).__name__}, not an object")
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"cannot read classifier info {info_path}: {type(e).__name__}: {e}") from e
-            differ = {k: (cached.get(k), v) for k, v in settings.items() if k in cached and cached[k] != v}
-            if differ:
-                raise ValueError(f"classifier cached in {params_path} was trained with other settings "
-                                 f"(cached, requested): {differ}; use another directory or remove it")
+        _check_settings(directory, settings)
         return load_classifier(params_path)
 
     start = time.perf_counter()
@@ -300,16 +337,18 @@ def load_or_train_classifier(
     if heldout_images is not None:
         info["heldout_accuracy"] = accuracy(params, heldout_images, heldout_labels)
         info["num_heldout"] = int(np.shape(heldout_images)[0])
-    os.makedirs(directory, exist_ok=True)
-    _atomic_write(params_path, flax.serialization.to_bytes(params))
-    _atomic_write(info_path, json.dumps(info, indent=2).encode())
+    if distributed.is_primary():
+        os.makedirs(directory, exist_ok=True)
+        _atomic_write(params_path, flax.serialization.to_bytes(params))
+        _atomic_write(info_path, json.dumps(info, indent=2).encode())
     return params
 
 
-def load_or_train_on_source(directory: str, source: str, *, seed: int, steps: int) -> Any:
-    """`load_or_train_classifier` on the real training digits of an MNIST source (`mnist.load_mnist`), held-out
-    accuracy on its 'test' digits: the digit classifier of the attribute checkers (text to image, scenes)."""
-    train_x, train_y = mnist.load_mnist(source, "train")
-    test_x, test_y = mnist.load_mnist(source, "test")
+def load_or_train_on_source(directory: str, data_config, *, seed: int, steps: int) -> Any:
+    """`load_or_train_classifier` on the real training digits of a config's `data` group (its MNIST source and
+    TFDS data dir, `mnist.source_args`), held-out accuracy on its 'test' digits: the digit classifier of the
+    attribute checkers (text to image, scenes)."""
+    train_x, train_y = mnist.load_mnist(split="train", **mnist.source_args(data_config))
+    test_x, test_y = mnist.load_mnist(split="test", **mnist.source_args(data_config))
     return load_or_train_classifier(directory, mnist.to_model_images(train_x), train_y, seed=seed,
                                     heldout_images=mnist.to_model_images(test_x), heldout_labels=test_y, steps=steps)

@@ -176,6 +176,14 @@ class TextTower(nn.Module):
         return pooled, tokens
 
 
+def clamp_logit_scale(params: Any, logit_scale_max: float) -> Any:
+    """`params` of a `CLIP` with `logit_scale` clamped to [0, log(logit_scale_max)] (a scale in [1, max]): applied
+    after each optimizer update (`trainers/state.py:apply_gradients`'s `constrain`), as CLIP does."""
+    inner = dict(params["params"])
+    inner["logit_scale"] = jnp.clip(inner["logit_scale"], 0.0, math.log(logit_scale_max))
+    return {**params, "params": inner}
+
+
 class CLIP(nn.Module):
     """Dual-tower CLIP with a shared embedding space and a clamped learnable temperature (Radford et al. 2021).
 
@@ -183,9 +191,11 @@ class CLIP(nn.Module):
     `model.apply(params, images, method=CLIP.encode_image)` or
     `model.apply(params, ids, mask, method=CLIP.encode_text)`.
 
-    The temperature is the parameter `logit_scale`, stored as a log (init log(1/0.07) as in CLIP); the effective
-    scale is `min(exp(logit_scale), logit_scale_max)` (CLIP clamps at 100 so the logits cannot explode on small
-    data). Contrastive logits are `logit_scale * image_emb @ text_emb.T`.
+    The temperature is the parameter `logit_scale`, stored as a log (init log(1/0.07) as in CLIP); the scale is
+    `exp(logit_scale)`. Training keeps it at most `logit_scale_max` (100, so the logits cannot explode on small data)
+    by clamping the parameter after each update (`clamp_logit_scale`), as CLIP and open_clip do: a clamp inside the
+    forward pass would zero its gradient at the cap, and a temperature that reached it could never come back.
+    Contrastive logits are `exp(logit_scale) * image_emb @ text_emb.T`.
 
     Attributes:
       vocab_size, max_length: text vocabulary size and longest caption.
@@ -195,7 +205,7 @@ class CLIP(nn.Module):
       norm_groups: GroupNorm groups of the image tower.
       factorize_color: the image tower's shape/colour factorisation (see ImageTower).
       image_stem_stride, image_pool: the image tower's stem stride and pooling (see ImageTower).
-      logit_scale_init, logit_scale_max: initial log-temperature and the clamp on exp(logit_scale).
+      logit_scale_init, logit_scale_max: initial log-temperature and the cap on exp(logit_scale).
       dtype: compute dtype (float32 or bfloat16); all outputs are float32.
     """
 
@@ -240,8 +250,8 @@ class CLIP(nn.Module):
         return l2_normalize(self.text_proj(pooled.astype(self.dtype))), tokens
 
     def temperature(self) -> jnp.ndarray:
-        """The effective logit scale float32 scalar: exp(logit_scale) clamped at logit_scale_max."""
-        return jnp.minimum(jnp.exp(self.logit_scale), self.logit_scale_max).astype(jnp.float32)
+        """The logit scale float32 scalar exp(logit_scale) (training keeps it <= logit_scale_max: see the class)."""
+        return jnp.exp(self.logit_scale).astype(jnp.float32)
 
     def bias(self) -> jnp.ndarray:
         """The learnable logit bias of the sigmoid (SigLIP) loss, float32 scalar."""

@@ -15,6 +15,7 @@ alphabetically** (not by first appearance), so the vocabulary does not depend on
 An encoded text is `<bos> w1 ... wk <eos> <pad> ...` of length `max_length`; its mask is True up to and including
 `<eos>`. Too long texts are cut to `max_length - 2` words, keeping `<eos>`, with a warning.
 """
+import hashlib
 import json
 import os
 import re
@@ -233,6 +234,11 @@ class Tokenizer:
             return cls(data["vocab"], max_length=data["max_length"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"tokenizer file {path} is invalid: {e}") from e
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the vocabulary and max_length: what a model conditioned on this tokenizer records."""
+        data = json.dumps({"max_length": self.max_length, "vocab": list(self._vocab)}, ensure_ascii=False)
+        return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Tokenizer):

@@ -26,7 +26,8 @@ from absl import logging
 from jax import lax
 
 from diffusion_jax import config as config_lib
-from diffusion_jax.checkpoint import restore_latest
+from diffusion_jax import distributed
+from diffusion_jax.checkpoint import CheckpointMismatchError, restore_latest
 from diffusion_jax.config import ConfigError
 from diffusion_jax.data import mnist, pipeline, scenes
 from diffusion_jax.evaluation import classifier as classifier_lib
@@ -58,7 +59,7 @@ def to_uint8_images(images: np.ndarray) -> np.ndarray:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks every value the autoencoder task reads; raises ConfigError naming the first bad key."""
-    config_lib.check_choice(config, "data.source", mnist.SOURCES)
+    config_lib.check_data_source(config, mnist.SOURCES)
     config_lib.check_choice(config, "train.parallel", MODES)
     config_lib.check_choice(config, "model.dtype", tuple(_DTYPES))
     config_lib.check_number(config, "seed", 0)
@@ -153,15 +154,15 @@ class AutoencoderTask:
     def num_train(self) -> int:
         """Training scenes: `data.num_examples`, or (0) `data.train_copies` per training digit of the source."""
         d = self.config.data
-        return d.num_examples or d.train_copies * len(mnist.load_mnist(d.source, "train")[1])
+        return d.num_examples or d.train_copies * len(mnist.load_mnist(split="train", **mnist.source_args(d))[1])
 
     def data(self, split: str) -> dict:
         """One split of the two-digit scenes (uint8 images): 'train' (seed, `num_train()` scenes) or 'test' (seed + 1,
         the 500 held-out scenes of the split's default size, alternating held-out and seen pairs)."""
         c = self.config
         if split == "train":
-            return scenes.make_dataset("train", seed=c.seed, source=c.data.source, num_examples=self.num_train())
-        return scenes.make_dataset("test", seed=c.seed + 1, source=c.data.source)
+            return scenes.make_dataset("train", seed=c.seed, **mnist.source_args(c.data), num_examples=self.num_train())
+        return scenes.make_dataset("test", seed=c.seed + 1, **mnist.source_args(c.data))
 
     def train_batch(self, images_uint8: np.ndarray, step: int) -> dict:
         """Batch `step` of the seeded stream of training images, as model inputs (a pure function of the step)."""
@@ -276,15 +277,17 @@ def ensure_latent_info(task: AutoencoderTask, workdir: str, state: TrainState,
         info = read_latent_info(workdir)
         if int(info.get("step", -1)) == step:
             if list(info.get("latent_shape", [])) != list(task.latent_shape):
-                raise ValueError(f"{path} records latent_shape {info.get('latent_shape')} for step {step}, but the "
-                                 f"config builds {list(task.latent_shape)}: a different model; use a new workdir")
+                raise CheckpointMismatchError(
+                    f"{path} records latent_shape {info.get('latent_shape')} for step {step}, but the config builds "
+                    f"{list(task.latent_shape)} (config.model.channels, config.model.latent_channels): a different "
+                    "model; use a new workdir. Nothing was changed.")
             return info
     if train_images is None:
         train_images = task.data("train")["image"]
     codec = Codec(task.model, state.ema_params, scale=1.0, step=step)
     subset = to_model_images(train_images[scale_indices(len(train_images), task.config)])
     info = {"scale": latent_scale(codec, subset), "latent_shape": list(task.latent_shape), "step": step}
-    if jax.process_index() == 0:
+    if distributed.is_primary():
         if os.path.exists(path):
             old = read_latent_info(workdir)
             aside = os.path.join(workdir, f"latent.step{int(old.get('step', -1))}.json")
@@ -301,6 +304,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     `train.final_eval`. A finished run does not train again; it only writes a missing latent.json. Returns the host
     state."""
     validate_config(config)
+    config_lib.check_batch_divides(config, "train.batch_size", jax.device_count())
+    if config.train.final_eval:
+        classifier_lib.check_cache(os.path.join(workdir, "classifier"), seed=config.seed,
+                                   steps=config.eval.classifier_steps)
     task = AutoencoderTask(config)
     images = task.data("train")["image"]
     t = config.train
@@ -340,7 +347,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _evaluate(config: ml_collections.ConfigDict, workdir: str, codec: Codec) -> dict:
-    ev = scenes.make_dataset("test", seed=config.seed + 1, source=config.data.source)
+    ev = scenes.make_dataset("test", seed=config.seed + 1, **mnist.source_args(config.data))
     original = ev["image"]
     recon = reconstruct(codec, original)
     diff = original.astype(np.float64) - recon.astype(np.float64)
@@ -360,7 +367,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str, codec: Codec) -> 
         "latent_shape": list(codec.latent_shape),
     }
     # Does the scene checker read the reconstructions as it reads the originals (colours, digits, relation)?
-    classifier = classifier_lib.load_or_train_on_source(os.path.join(workdir, "classifier"), config.data.source,
+    classifier = classifier_lib.load_or_train_on_source(os.path.join(workdir, "classifier"), config.data,
                                                         seed=config.seed, steps=config.eval.classifier_steps)
     found_original = scene_checks.check_scenes(classifier, original)
     found_recon = scene_checks.check_scenes(classifier, recon)
@@ -369,7 +376,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str, codec: Codec) -> 
     result.update(same_reading=float(np.mean(same)), same_reading_heldout_pairs=float(np.mean(same[heldout])),
                   checker_all_on_originals=scene_checks.scene_scores(found_original, *truth)["all_accuracy"],
                   checker_all_on_reconstructions=scene_checks.scene_scores(found_recon, *truth)["all_accuracy"])
-    if jax.process_index() == 0:
+    if distributed.is_primary():
         os.makedirs(workdir, exist_ok=True)
         _write_json(os.path.join(workdir, EVAL_FILE), result)
         n = 8

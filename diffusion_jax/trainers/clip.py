@@ -11,24 +11,27 @@ Reuses the shared loop, checkpoints and data-parallel lift of the digits task. T
 training captions and saved beside the checkpoints (`workdir/tokenizer.json`) by `train`; a resumed run, and every
 user of a trained CLIP (`load`), reloads it. `ClipTask` does no I/O: it is given its tokenizer.
 """
+import hashlib
 import itertools
 import json
 import os
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from jax import lax
 
 from diffusion_jax import config as config_lib
+from diffusion_jax import distributed
 from diffusion_jax.checkpoint import restore_latest
 from diffusion_jax.config import ConfigError
 from diffusion_jax.data import captioned_digits as cd
 from diffusion_jax.data import mnist, pipeline
 from diffusion_jax.data import scenes
-from diffusion_jax.models.clip import CLIP, POOLS
+from diffusion_jax.models.clip import CLIP, POOLS, clamp_logit_scale
 from diffusion_jax.parallel import AXIS, MODES, DataParallel
 from diffusion_jax.text.tokenizer import Tokenizer
 from diffusion_jax.trainers import loop
@@ -51,7 +54,7 @@ TOKENIZER_FILE = "tokenizer.json"
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks every value the CLIP task reads; raises ConfigError naming the first bad key."""
-    config_lib.check_choice(config, "data.source", mnist.SOURCES)
+    config_lib.check_data_source(config, mnist.SOURCES)
     config_lib.check_choice(config, "data.dataset", DATASETS)
     config_lib.check_choice(config, "model.pool", POOLS)
     config_lib.check_number(config, "model.stem_stride", 1, 4)
@@ -84,13 +87,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def build_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
     """The vocabulary of the training captions and every canonical prompt (renders the training captions)."""
     if config.data.dataset == "scenes":
-        captions = scenes.make_dataset("train", seed=config.seed, source=config.data.source,
+        captions = scenes.make_dataset("train", seed=config.seed, **mnist.source_args(config.data),
                                        num_examples=config.data.num_examples or None,
                                        captions_per_image=config.data.captions_per_image)["captions"].reshape(-1)
         prompts = [scenes.canonical_caption((d, (d + 1) % 10), (c, (c + 1) % 6), r, numeral=n) for d, c, r, n in
                    itertools.product(range(10), range(len(cd.COLORS)), scenes.RELATIONS, (True, False))]
     else:
-        captions = cd.make_dataset("train", seed=config.seed, source=config.data.source)["caption"]
+        captions = cd.make_dataset("train", seed=config.seed, **mnist.source_args(config.data))["caption"]
         prompts = [cd.canonical_caption(d, c, l, numeral=n) for d, c, l, n in
                    itertools.product(range(10), cd.COLORS, cd.LAYOUTS, (True, False))]
     return Tokenizer.build(list(captions) + prompts, max_length=config.model.max_length)
@@ -158,11 +161,13 @@ class ClipTask:
         'train' has `config.data.train_copies` examples per training digit (each a different colour and layout).
         """
         c = self.config
-        num_train = c.data.train_copies * len(mnist.load_mnist(c.data.source, "train")[1]) if split == "train" else None
+        num_train = None
+        if split == "train":
+            num_train = c.data.train_copies * len(mnist.load_mnist(split="train", **mnist.source_args(c.data))[1])
         if c.data.dataset == "scenes":
             return self._scene_data(split, c.data.num_examples or num_train if split == "train" else None,
                                     model_images)
-        raw = cd.make_dataset(split, seed=c.seed if split == "train" else c.seed + 1, source=c.data.source,
+        raw = cd.make_dataset(split, seed=c.seed if split == "train" else c.seed + 1, **mnist.source_args(c.data),
                               num_examples=num_train)
         ids, mask = self.tokenizer.encode(list(raw["caption"]))
         images = to_model_images(raw["image"]) if model_images else raw["image"]
@@ -174,7 +179,7 @@ class ClipTask:
         per step by `train_batch`); with `train.hard_negatives`, also the caption strings, from which `train_batch`
         writes the negatives of the caption it draws."""
         c = self.config
-        raw = scenes.make_dataset(split, seed=c.seed if split == "train" else c.seed + 1, source=c.data.source,
+        raw = scenes.make_dataset(split, seed=c.seed if split == "train" else c.seed + 1, **mnist.source_args(c.data),
                                   num_examples=num_train, captions_per_image=c.data.captions_per_image)
         n, k = raw["captions"].shape
         ids, mask = self.tokenizer.encode(list(raw["captions"].reshape(-1)))
@@ -227,8 +232,10 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, ema_decay: fl
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         grads = lax.pmean(grads, AXIS)
-        new_state = apply_gradients(state, grads, tx, ema_decay)
-        return new_state, {"loss": lax.pmean(loss, AXIS), "grad_norm": optax.tree.norm(grads)}
+        new_state = apply_gradients(state, grads, tx, ema_decay,
+                                    constrain=lambda p: clamp_logit_scale(p, model.logit_scale_max))
+        return new_state, {"loss": lax.pmean(loss, AXIS), "grad_norm": optax.tree.norm(grads),
+                           "logit_scale": jnp.exp(new_state.params["params"]["logit_scale"])}
 
     return train_step
 
@@ -237,12 +244,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) CLIP in `workdir`: builds and saves the tokenizer on the first run, reloads it after;
     evaluates if `train.final_eval`. Returns the host state."""
     validate_config(config)
+    config_lib.check_batch_divides(config, "train.batch_size", jax.device_count())
     path = os.path.join(workdir, TOKENIZER_FILE)
     if os.path.exists(path):
         tokenizer = Tokenizer.load(path)
     else:
         tokenizer = build_tokenizer(config)
-        if jax.process_index() == 0:
+        if distributed.is_primary():
             os.makedirs(workdir, exist_ok=True)
             tokenizer.save(path)
     task = ClipTask(config, tokenizer)
@@ -256,14 +264,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                             num_steps=t.num_steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
                             max_to_keep=t.max_to_keep, progress=t.progress, description="clip")
     if t.final_eval:
-        _evaluate(config, workdir, Encoder(task, state.ema_params))
+        _evaluate(config, workdir, Encoder(task, state.ema_params, step=int(np.asarray(state.step))))
     return state
 
 
-def load_state(task: ClipTask, workdir: str) -> TrainState:
-    """The latest good CLIP train state in `workdir` (FileNotFoundError naming the folder if there is none)."""
+def load_state(task: ClipTask, workdir: str) -> tuple[int, TrainState]:
+    """(step, state) of the latest good CLIP checkpoint in `workdir` (FileNotFoundError naming the folder if there is
+    none)."""
     return restore_latest(os.path.join(workdir, "checkpoints"), jax.eval_shape(task.init_state),
-                          hint="(CLIP): train CLIP first (--mode=train)")[1]
+                          hint="(CLIP): train CLIP first (--mode=train)")
+
+
+# The parameters whose outputs condition a text-to-image U-Net: the text tower's tokens and the projected pooled text.
+TEXT_PARAMS = ("text_tower", "text_proj")
 
 
 class Encoder:
@@ -271,11 +284,11 @@ class Encoder:
 
     The towers are jitted once per encoder, and inputs go through them in chunks padded to a fixed size
     (`pipeline.bucket_size`: the next power of two, at most `chunk`), so any number of inputs compiles once per
-    bucket instead of once per remainder size.
+    bucket instead of once per remainder size. `step` is the training step of `params` (-1: unknown).
     """
 
-    def __init__(self, task: ClipTask, params, chunk: int = 500):
-        self.task, self.params, self.chunk = task, params, chunk
+    def __init__(self, task: ClipTask, params, chunk: int = 500, step: int = -1):
+        self.task, self.params, self.chunk, self.step = task, params, chunk, int(step)
         self.tokenizer = task.tokenizer
         self._image = jax.jit(lambda p, x: task.model.apply(p, x, method=CLIP.encode_image))
         self._text = jax.jit(lambda p, i, m: task.model.apply(p, i, m, method=CLIP.encode_text))
@@ -304,6 +317,18 @@ class Encoder:
         pooled, tokens = self.text(ids, mask)
         return pooled, tokens, mask
 
+    def fingerprint(self) -> dict:
+        """What a text-to-image U-Net records of the CLIP it was trained on, and is checked against when loaded: the
+        step, the tokenizer's sha256 and a sha256 of the text tower's parameters (`TEXT_PARAMS`, in path order)."""
+        digest = hashlib.sha256()
+        text = {k: self.params["params"][k] for k in TEXT_PARAMS}
+        for path, leaf in jax.tree_util.tree_flatten_with_path(text)[0]:
+            array = np.ascontiguousarray(np.asarray(leaf))
+            digest.update(f"{jax.tree_util.keystr(path)} {array.dtype} {array.shape};".encode())
+            digest.update(array.tobytes())
+        return {"step": self.step, "tokenizer_sha256": self.tokenizer.fingerprint(),
+                "text_tower_sha256": digest.hexdigest()}
+
     def embed_images(self, images_uint8: np.ndarray) -> np.ndarray:
         """uint8 images [N, H, W, 3] (the task's image shape) -> L2-normalised embeddings [N, D]."""
         images_uint8 = np.asarray(images_uint8)
@@ -319,7 +344,8 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> Encoder:
     evaluation and the frozen text tower of text to image. FileNotFoundError naming the workdir if it has none."""
     validate_config(config)
     task = ClipTask(config, load_tokenizer(workdir))
-    return Encoder(task, load_state(task, workdir).ema_params)
+    step, state = load_state(task, workdir)
+    return Encoder(task, state.ema_params, step=step)
 
 
 def embed(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -330,6 +356,8 @@ def embed(config: ml_collections.ConfigDict, workdir: str) -> str:
         raise ConfigError("--mode=embed needs config.embed.texts_file and/or config.embed.images")
     if not str(e.output).endswith(".npz"):
         raise ConfigError(f"config.embed.output={e.output!r} must be a .npz path")
+    if distributed.primary_decides(os.path.exists(e.output)):  # checked before any work, decided by the writer
+        raise FileExistsError(f"config.embed.output={e.output!r} exists; choose a new path (nothing overwritten)")
     encoder = load(config, workdir)
     out = {}
     if e.texts_file:
@@ -345,10 +373,11 @@ def embed(config: ml_collections.ConfigDict, workdir: str) -> str:
             if "images" not in f:
                 raise ValueError(f"{e.images} has no 'images' array (got {sorted(f.files)})")
             out["image_embeddings"] = encoder.embed_images(f["images"])
-    if os.path.exists(e.output):
-        raise FileExistsError(f"config.embed.output={e.output!r} exists; choose a new path (nothing overwritten)")
-    os.makedirs(os.path.dirname(os.path.abspath(e.output)), exist_ok=True)
-    np.savez(e.output, **out)
+    if distributed.is_primary():  # every process computed the same embeddings; one writes them
+        if os.path.exists(e.output):
+            raise FileExistsError(f"config.embed.output={e.output!r} appeared while embedding; nothing overwritten")
+        os.makedirs(os.path.dirname(os.path.abspath(e.output)), exist_ok=True)
+        np.savez(e.output, **out)
     print(f"embeddings -> {e.output}: " + ", ".join(f"{k} {v.shape}" for k, v in out.items()))
     return e.output
 
@@ -361,7 +390,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _evaluate(config: ml_collections.ConfigDict, workdir: str, encoder: Encoder) -> dict:
     result = (_evaluate_scenes if config.data.dataset == "scenes" else _evaluate_digits)(encoder)
-    if jax.process_index() == 0:
+    if distributed.is_primary():
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump(result, f, indent=2)
     print("clip zero-shot:", " ".join(f"{k} {v:.3f}" for k, v in result.items()))

@@ -20,6 +20,7 @@ import optax
 from jax import lax
 
 from diffusion_jax import config as config_lib
+from diffusion_jax import distributed
 from diffusion_jax.checkpoint import restore_latest
 from diffusion_jax.config import ConfigError
 from diffusion_jax.data import mnist, pipeline
@@ -178,7 +179,7 @@ class Sampler:
 def validate_diffusion_config(config, *, image_size: int, positive: Sequence[str] = ()) -> None:
     """Checks the keys every diffusion task reads (`DiffusionTask`), plus the task's own `positive` integer keys."""
     check = config_lib
-    check.check_choice(config, "data.source", mnist.SOURCES)
+    check.check_data_source(config, mnist.SOURCES)
     check.check_choice(config, "diffusion.schedule", schedules.SCHEDULES)
     check.check_choice(config, "diffusion.prediction", schedules.PREDICTIONS)
     check.check_choice(config, "diffusion.loss_weighting", schedules.LOSS_WEIGHTINGS)
@@ -203,9 +204,19 @@ def validate_diffusion_config(config, *, image_size: int, positive: Sequence[str
     if config.sample.steps > config.diffusion.num_steps:
         raise ConfigError(f"config.sample.steps={config.sample.steps} exceeds the training timesteps "
                           f"config.diffusion.num_steps={config.diffusion.num_steps}")
-    if image_size % (config.model.patch_size * 2 ** (len(config.model.channels) - 1)):
-        raise ConfigError(f"config.model.patch_size={config.model.patch_size} with {len(config.model.channels)} "
+    levels = len(config.model.channels)
+    if image_size % (config.model.patch_size * 2 ** (levels - 1)):
+        raise ConfigError(f"config.model.patch_size={config.model.patch_size} with {levels} "
                           f"levels does not divide the {image_size}x{image_size} images evenly")
+    sizes = [image_size // config.model.patch_size // 2 ** level for level in range(levels)]
+    unknown = [r for r in config.model.attention_resolutions if r not in sizes]
+    if unknown:  # a size no level has would silently drop the attention
+        raise ConfigError(f"config.model.attention_resolutions={tuple(config.model.attention_resolutions)!r}: "
+                          f"{unknown} is not the size of a U-Net level; the levels run at {sizes} (the "
+                          f"{image_size}x{image_size} input / patch {config.model.patch_size} / 2 per level)")
+    if config.sample.eta and config.sample.sampler != "ddim":
+        raise ConfigError(f"config.sample.eta={config.sample.eta} is read by config.sample.sampler='ddim' only, but "
+                          f"the sampler is {config.sample.sampler!r}; set eta to 0")
     check.check_npz_path(config, "sample.output")
 
 
@@ -313,7 +324,7 @@ class DiffusionTask:
             def sample_grid(step: int, device_state) -> None:
                 images = sampler(device_state.ema_params, grid_cond, seed=self.config.sample.seed,
                                  guidance=self.config.sample.guidance)
-                if jax.process_index() == 0:
+                if distributed.is_primary():
                     save_grid(os.path.join(workdir, "samples", f"step_{step:06d}.png"),
                               to_images(images), grid_rows, row_titles=grid_titles)
             hooks = ((t.sample_every, sample_grid),)

@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from diffusion_jax import config as config_lib
+from diffusion_jax import distributed
 from diffusion_jax.config import ConfigError
 from diffusion_jax.data import mnist, pipeline
 from diffusion_jax.evaluation import classifier as classifier_lib
@@ -74,6 +75,10 @@ def _sample_path(config, workdir: str) -> str:
 def train(config: ml_collections.ConfigDict, workdir: str) -> Any:
     """Trains (or resumes) in `workdir`; then samples and evaluates if `train.final_sample`. Returns the host state."""
     validate_config(config)
+    config_lib.check_batch_divides(config, "train.batch_size", jax.device_count())
+    if config.train.final_sample:
+        classifier_lib.check_cache(os.path.join(workdir, "classifier"), seed=config.seed,
+                                   steps=config.eval.classifier_steps)
     task = make_task(config)
     data = train_data(config)
     t = config.train
@@ -103,7 +108,7 @@ def _sample(config: ml_collections.ConfigDict, workdir: str, task: diffusion.Dif
     labels = np.repeat(np.asarray(digits, np.int32), s.num_per_class)
     params = task.params_for_sampling(state)
     start = time.time()
-    images = task.sampler()(params, labels, seed=s.seed, guidance=s.guidance)
+    images = task.sampler_for(len(labels))(params, labels, seed=s.seed, guidance=s.guidance)  # as api.Digits draws
     seconds = time.time() - start
     path = _sample_path(config, workdir)
     # Wall-clock of the whole sampling call, including its one XLA compile (the steps run in a lax.scan, so the
@@ -112,7 +117,7 @@ def _sample(config: ml_collections.ConfigDict, workdir: str, task: diffusion.Dif
             "sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance": s.guidance, "batch_size": s.batch_size,
             "num_devices": task.dp.num_devices, "use_ema": s.use_ema, "train_step": int(np.asarray(state.step)),
             "checkpoint_workdir": os.path.abspath(s.checkpoint_workdir or workdir)}
-    if jax.process_index() == 0:
+    if distributed.is_primary():
         write_samples(path, mnist.to_uint8_images(images), {"labels": labels.astype(np.int64)}, info,
                       [np.flatnonzero(labels == d) for d in digits], row_titles=[str(d) for d in digits])
     logging.info("drew %d digits (%s, %d steps, guidance %.2f) in %.1f s -> %s", len(labels), s.sampler, s.steps,
@@ -128,6 +133,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     classifier's feature space to the held-out real digits, beside the real-vs-real floor at the same sample count.
     """
     validate_config(config)
+    classifier_lib.check_cache(os.path.join(workdir, "classifier"), seed=config.seed,
+                               steps=config.eval.classifier_steps)
     return _evaluate(config, workdir)
 
 
@@ -163,7 +170,7 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for key in ("sampling_seconds", "images_per_second"):
             if key in info:
                 result[key] = info[key]
-    if jax.process_index() == 0:
+    if distributed.is_primary():
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump(result, f, indent=2)
     per_class = " ".join(f"{d}:{a:.2f}" for d, a in result["per_class_accuracy"].items())

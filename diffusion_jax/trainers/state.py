@@ -1,5 +1,5 @@
 """The train state every task shares: step, params, EMA params and optimizer state, plus its optimizer."""
-from typing import Any
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -44,10 +44,17 @@ def make_optimizer(*, learning_rate: float, warmup_steps: int, num_steps: int, w
                        optax.adamw(schedule, b2=b2, weight_decay=weight_decay, mask=decay_mask))
 
 
-def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, ema_decay: float) -> TrainState:
-    """One optimizer update plus the EMA of the weights (with the usual (1+n)/(10+n) warmup of the decay)."""
+def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation, ema_decay: float,
+                    constrain: Optional[Callable[[Any], Any]] = None) -> TrainState:
+    """One optimizer update plus the EMA of the weights (with the usual (1+n)/(10+n) warmup of the decay).
+
+    `constrain` maps the updated parameters into their allowed set (e.g. CLIP's temperature clamp) before the EMA
+    takes them in.
+    """
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if constrain is not None:
+        params = constrain(params)
     decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)

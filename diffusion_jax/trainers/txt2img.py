@@ -16,11 +16,13 @@ chain ends in the decoder. The two spaces differ only in config: the step, loop 
 
 Everything a run makes lives in its workdir:
   clip/                   the CLIP run (unless config.clip.workdir names another): trained first when it has no
-                          finished checkpoint
+                          finished checkpoint; a CLIP outside this run is used when finished, never trained further
   autoencoder/            latent space only: the autoencoder run (unless config.autoencoder.workdir names another),
                           trained first likewise
+  clip.json               the CLIP the U-Net was trained on (its workdir, step, tokenizer and text-tower sha256): a
+                          U-Net is never resumed or sampled with another CLIP
   latent_space.json       the space the U-Net was trained in ({'space': 'pixel'} or the autoencoder's latent shape
-                          and scale): a U-Net is never resumed or sampled through another autoencoder
+                          and scale, and its workdir): a U-Net is never resumed or sampled through another autoencoder
   checkpoints/            orbax train states of the U-Net (resume from the latest good one)
   metrics.jsonl, tensorboard/, samples/step_*.png (fixed prompts during training)
   samples/samples.npz     --mode=sample: images (uint8 N x 32 x 32 x 3) and prompts (N strings), PNG grid beside it
@@ -40,6 +42,7 @@ import numpy as np
 from absl import logging
 
 from diffusion_jax import config as config_lib
+from diffusion_jax import distributed
 from diffusion_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from diffusion_jax.config import ConfigError
 from diffusion_jax.data import captioned_digits as cd
@@ -55,6 +58,7 @@ IMAGE_SHAPES = clip.IMAGE_SHAPES  # by config.data.dataset
 IMAGE_SHAPE = IMAGE_SHAPES["captioned_digits"]
 SPACES = ("pixel", "latent")
 SPACE_FILE = "latent_space.json"
+CLIP_FILE = "clip.json"
 # Prompts of the grids drawn during training: every digit once, seen and held-out (digit, colour) pairs, all layouts.
 GRID_PROMPTS = tuple(cd.canonical_caption(d, cd.COLORS[(d + k) % 6], cd.LAYOUTS[(d + k) % 5])
                      for d in range(10) for k in (0, 3))
@@ -80,10 +84,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if config.data.dataset != "scenes":
             raise ConfigError("config.diffusion.space='latent' needs config.data.dataset='scenes' (the autoencoder "
                               "is trained on scenes)")
-        try:
-            autoencoder.validate_config(config.autoencoder)
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("config.", "config.autoencoder.", 1)) from None
+        config_lib.nested("autoencoder", autoencoder.validate_config, config)
         size //= 2 ** (len(config.autoencoder.model.channels) - 1)  # the autoencoder's downsampling factor f
     diffusion.validate_diffusion_config(config, image_size=size,
                                         positive=("sample.num_per_prompt", "eval.num_per_prompt"))
@@ -94,46 +95,112 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         config_lib.check_number(config, "data.num_examples", 0)  # 0: train_copies scenes per training digit
     if any(g < 0 for g in config.eval.guidance_scales):
         raise ConfigError(f"config.eval.guidance_scales={tuple(config.eval.guidance_scales)} must be >= 0")
-    try:
-        clip.validate_config(config.clip)
-    except ConfigError as e:
-        raise ConfigError(str(e).replace("config.", "config.clip.", 1)) from None
+    config_lib.nested("clip", clip.validate_config, config)
 
 
-def clip_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Where the frozen CLIP lives: `config.clip.workdir`, or WORKDIR/clip."""
-    return config.clip.workdir or os.path.join(workdir, "clip")
+def _read_json(path: str) -> dict:
+    """A JSON object from `path`; {} when there is no such file."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, value: dict) -> None:
+    """Writes `value` to `path` atomically (process 0 only)."""
+    if distributed.is_primary():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(value, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+
+def _frozen_model_workdir(explicit: str, unet_workdir: str, record_file: str, own: str) -> str:
+    """Where a frozen model (CLIP, autoencoder) of a U-Net lives: the config's `explicit` workdir; else the one the
+    U-Net's run recorded in `record_file` (relative to that run when inside it); else UNET_WORKDIR/`own`."""
+    if explicit:
+        return explicit
+    recorded = _read_json(os.path.join(unet_workdir, record_file)).get("workdir")
+    return os.path.join(unet_workdir, recorded) if recorded else os.path.join(unet_workdir, own)
+
+
+def _record_path(path: str, unet_workdir: str) -> str:
+    """`path` as a run records it: relative to the U-Net's run when inside it (a copied run still finds it)."""
+    path, run = os.path.abspath(path), os.path.abspath(unet_workdir)
+    return os.path.relpath(path, run) if path.startswith(run + os.sep) else path
+
+
+def clip_workdir(config: ml_collections.ConfigDict, workdir: str, unet_workdir: Optional[str] = None) -> str:
+    """Where the frozen CLIP lives: `config.clip.workdir`; else the CLIP recorded (clip.json) by the U-Net's run
+    (`unet_workdir`, default `workdir`; another run's when sampling `sample.checkpoint_workdir`); else RUN/clip."""
+    return _frozen_model_workdir(config.clip.workdir, unet_workdir or workdir, CLIP_FILE, "clip")
+
+
+def autoencoder_workdir(config: ml_collections.ConfigDict, workdir: str, unet_workdir: Optional[str] = None) -> str:
+    """Where the autoencoder of a latent-space run lives: `config.autoencoder.workdir`; else the one recorded
+    (latent_space.json) by the U-Net's run; else RUN/autoencoder."""
+    return _frozen_model_workdir(config.autoencoder.workdir, unet_workdir or workdir, SPACE_FILE, "autoencoder")
+
+
+def _latest_step(model_workdir: str) -> int:
+    """The newest finished checkpoint step in MODEL_WORKDIR/checkpoints as process 0 sees it (-1: none); creates
+    nothing."""
+    directory = os.path.join(model_workdir, "checkpoints")
+    step = None
+    if os.path.isdir(directory):
+        with Checkpointer(directory) as ckpt:
+            step = ckpt.latest_step()
+    return distributed.primary_decides(-1 if step is None else int(step))
+
+
+def _refuse_to_extend(group: str, model_workdir: str, workdir: str, step: int, num_steps: int) -> None:
+    """ConfigError when the unfinished frozen model of config group `group` ('clip', 'autoencoder') must not be
+    trained further: it lives outside this run (it may be another run's, whose U-Net was trained on it as it is), or
+    this run's U-Net already records it (`record_file`). Training it would change what a U-Net was conditioned on."""
+    if step < 0:
+        return
+    name, record_file = {"clip": ("CLIP", CLIP_FILE), "autoencoder": ("autoencoder", SPACE_FILE)}[group]
+    where = f"config.{group}.workdir={model_workdir!r} holds a {name} at step {step}, below config.{group}.train." \
+            f"num_steps={num_steps}"
+    fix = f"set config.{group}.train.num_steps={step}"
+    if os.path.abspath(model_workdir) != os.path.abspath(os.path.join(workdir, group)):
+        raise ConfigError(f"{where}; it lives outside this run (--workdir={workdir}) and is not trained further here. "
+                          f"Finish it in its own run (--workdir={model_workdir}) or {fix}.")
+    if distributed.primary_decides(os.path.exists(os.path.join(workdir, record_file))):
+        raise ConfigError(f"{where}; the U-Net in {workdir} was trained on it ({record_file}), so it is not trained "
+                          f"further: {fix}, or use a new --workdir.")
 
 
 def ensure_clip(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Trains (or finishes training) CLIP in the CLIP workdir unless it holds a finished checkpoint; returns it."""
+    """Trains (or finishes training) CLIP in the CLIP workdir unless it holds a finished checkpoint; returns it.
+
+    A CLIP outside this run (config.clip.workdir, or the one this run recorded) is never trained further: an
+    unfinished one is a ConfigError. Process 0's view of the workdir decides, for every process.
+    """
     cw = clip_workdir(config, workdir)
-    with Checkpointer(os.path.join(cw, "checkpoints")) as ckpt:
-        step = ckpt.latest_step()
-    if step is None or step < config.clip.train.num_steps:
-        print(f"no finished CLIP checkpoint in {cw} (latest step {step}): training CLIP there first "
-              f"({config.clip.train.num_steps} steps)")
+    step, num_steps = _latest_step(cw), config.clip.train.num_steps
+    if step < num_steps:
+        _refuse_to_extend("clip", cw, workdir, step, num_steps)
+        print(f"no finished CLIP checkpoint in {cw} (latest step {step if step >= 0 else None}): training CLIP "
+              f"there first ({num_steps} steps)")
         clip.train(config.clip, cw)
     return cw
 
 
-def autoencoder_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Where the autoencoder of a latent-space run lives: `config.autoencoder.workdir`, or WORKDIR/autoencoder."""
-    return config.autoencoder.workdir or os.path.join(workdir, "autoencoder")
-
-
 def ensure_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> Optional[str]:
     """Latent space: trains (or finishes) the autoencoder unless its workdir holds a finished checkpoint and its
-    latent scale; returns that workdir (None in pixel space)."""
+    latent scale; returns that workdir (None in pixel space). An unfinished autoencoder outside this run is a
+    ConfigError, as for CLIP (`ensure_clip`); a finished one without its latent.json gets it written."""
     if config.diffusion.space != "latent":
         return None
     aw = autoencoder_workdir(config, workdir)
-    with Checkpointer(os.path.join(aw, "checkpoints")) as ckpt:
-        step = ckpt.latest_step()
-    if step is None or step < config.autoencoder.train.num_steps or not os.path.exists(
-            os.path.join(aw, autoencoder.LATENT_FILE)):
-        print(f"no finished autoencoder in {aw} (latest step {step}): training it there first "
-              f"({config.autoencoder.train.num_steps} steps)")
+    step, num_steps = _latest_step(aw), config.autoencoder.train.num_steps
+    has_scale = distributed.primary_decides(os.path.exists(os.path.join(aw, autoencoder.LATENT_FILE)))
+    if step < num_steps or not has_scale:
+        if step < num_steps:
+            _refuse_to_extend("autoencoder", aw, workdir, step, num_steps)
+        print(f"no finished autoencoder in {aw} (latest step {step if step >= 0 else None}): training it there "
+              f"first ({num_steps} steps)")
         autoencoder.train(config.autoencoder, aw)
     return aw
 
@@ -143,24 +210,46 @@ def check_space(workdir: str, space: dict, record: bool = False) -> None:
     (training) writes it when there is none yet. Sampling never writes into a U-Net's workdir.
 
     A U-Net trained on another autoencoder (other latent shape or scale) or in pixel space is refused with
-    CheckpointMismatchError naming both, before anything is restored or written.
+    CheckpointMismatchError naming both, before anything is restored or written. `space['workdir']` (where the
+    autoencoder lives) is recorded, not compared.
     """
     path = os.path.join(workdir, SPACE_FILE)
     if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+        saved = _read_json(path)
         same = saved.get("space") == space["space"] and saved.get("latent_shape") == space.get("latent_shape") and (
             "scale" not in space or np.isclose(saved.get("scale", np.nan), space["scale"], rtol=1e-6))
         if not same:
+            shown = lambda d: {k: v for k, v in d.items() if k != "workdir"}  # noqa: E731
             raise CheckpointMismatchError(
-                f"the U-Net in {workdir} was trained in {saved}, but this config's space is {space} (another "
-                f"autoencoder, latent shape or scale); use the autoencoder it was trained with "
+                f"the U-Net in {workdir} was trained in {shown(saved)}, but this config's space is {shown(space)} "
+                f"(another autoencoder, latent shape or scale); use the autoencoder it was trained with "
                 f"(config.autoencoder.workdir) or a new --workdir. Nothing was changed.")
-    elif record and jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(space, f)
-        os.replace(path + ".tmp", path)
+    elif record:
+        _write_json(path, space)
+
+
+def check_clip(workdir: str, fingerprint: dict, record: bool = False) -> None:
+    """Checks the CLIP a U-Net was trained on (`workdir/clip.json`) against `fingerprint` (`Encoder.fingerprint` and
+    the CLIP's workdir); with `record` (training) writes it when there is none yet. Sampling never writes.
+
+    Another tokenizer or text tower (another CLIP, or the same one trained further) is refused with
+    CheckpointMismatchError naming both, before anything is restored or written. A U-Net trained before CLIPs were
+    recorded is sampled with a warning that its CLIP cannot be checked.
+    """
+    path = os.path.join(workdir, CLIP_FILE)
+    if os.path.exists(path):
+        saved = _read_json(path)
+        if any(saved.get(k) != fingerprint[k] for k in ("tokenizer_sha256", "text_tower_sha256")):
+            raise CheckpointMismatchError(
+                f"the U-Net in {workdir} was trained on the CLIP of {saved.get('workdir')!r} at step "
+                f"{saved.get('step')} ({CLIP_FILE}), but this config loads the CLIP of {fingerprint['workdir']!r} "
+                f"at step {fingerprint['step']}, whose tokenizer or text tower differ; set config.clip.workdir to "
+                "the CLIP it was trained on, or use a new --workdir. Nothing was changed.")
+    elif record:
+        _write_json(path, fingerprint)
+    else:
+        logging.warning("%s has no %s (trained before CLIPs were recorded): its CLIP cannot be checked", workdir,
+                        CLIP_FILE)
 
 
 def text_condition(encoder: clip.Encoder, ids: np.ndarray, mask: np.ndarray) -> dict:
@@ -180,30 +269,46 @@ def stand_in_condition(clip_model: ml_collections.ConfigDict, n: int, rng: np.ra
 
 
 @dataclasses.dataclass
-class TextToImage:
+class Pipeline:
     """The text-to-image model of one config: the diffusion task (U-Net, schedule, optimizer, samplers), the frozen
     CLIP text encoder whose outputs condition it, and in latent space the frozen autoencoder (`codec`) whose
-    latents the U-Net denoises. `TextToImage.load` builds it from a workdir."""
+    latents the U-Net denoises, with the workdirs they came from. `Pipeline.load` builds it; the notebook API
+    (`api.TextToImage`) wraps it."""
 
     task: diffusion.DiffusionTask
     encoder: clip.Encoder
     codec: Optional[autoencoder.Codec] = None
+    clip_workdir: str = ""
+    autoencoder_workdir: str = ""
 
     @classmethod
-    def load(cls, config: ml_collections.ConfigDict, workdir: str) -> "TextToImage":
-        """Loads the frozen CLIP of `config.clip.workdir` (default WORKDIR/clip) and, in latent space, the
-        autoencoder of `config.autoencoder.workdir` (default WORKDIR/autoencoder), once; the U-Net state is loaded
-        by `load_state`. FileNotFoundError naming the workdir of a model that is not trained."""
-        encoder = clip.load(config.clip, clip_workdir(config, workdir))
-        codec = None
+    def load(cls, config: ml_collections.ConfigDict, workdir: str, unet_workdir: Optional[str] = None) -> "Pipeline":
+        """Loads the frozen CLIP and, in latent space, the autoencoder of the U-Net of `unet_workdir` (default
+        `workdir`), once: the config's `clip.workdir` / `autoencoder.workdir`, else those the U-Net's run recorded,
+        else its clip/ and autoencoder/. The U-Net state is loaded by `load_state`. FileNotFoundError naming the
+        workdir of a model that is not trained."""
+        cw = clip_workdir(config, workdir, unet_workdir)
+        encoder = clip.load(config.clip, cw)
+        codec, aw = None, ""
         shape = IMAGE_SHAPES[config.data.dataset]
         if config.diffusion.space == "latent":
-            codec = autoencoder.load(config.autoencoder, autoencoder_workdir(config, workdir))
+            aw = autoencoder_workdir(config, workdir, unet_workdir)
+            codec = autoencoder.load(config.autoencoder, aw)
             shape = codec.latent_shape
         ids, mask = encoder.tokenizer.encode_empty()
         null_cond = jax.tree.map(lambda a: a[0], text_condition(encoder, ids[None], mask[None]))
         task = diffusion.DiffusionTask(config, image_shape=shape, null_cond=null_cond, clip_x0=codec is None)
-        return cls(task, encoder, codec)
+        return cls(task, encoder, codec, cw, aw)
+
+    def check(self, unet_workdir: str, record: bool = False) -> None:
+        """Checks (`record`: and records) the CLIP and the space the U-Net of `unet_workdir` was trained on
+        (`check_clip`, `check_space`); CheckpointMismatchError naming both before anything is loaded or written."""
+        check_clip(unet_workdir, {"workdir": _record_path(self.clip_workdir, unet_workdir),
+                                  **self.encoder.fingerprint()}, record)
+        space = self.space
+        if self.codec is not None:
+            space = {**space, "workdir": _record_path(self.autoencoder_workdir, unet_workdir)}
+        check_space(unet_workdir, space, record)
 
     @property
     def config(self) -> ml_collections.ConfigDict:
@@ -247,14 +352,14 @@ class TextToImage:
         (each caption's frozen text condition, computed once), and the images the rows index: uint8 pixels, or
         in latent space their scaled latents float32 (encoded once)."""
         c = self.config
-        num_digits = len(mnist.load_mnist(c.data.source, "train")[1])
+        num_digits = len(mnist.load_mnist(split="train", **mnist.source_args(c.data))[1])
         if c.data.dataset == "scenes":
-            raw = scenes.make_dataset("train", seed=c.seed, source=c.data.source,
+            raw = scenes.make_dataset("train", seed=c.seed, **mnist.source_args(c.data),
                                       num_examples=c.data.num_examples or c.data.train_copies * num_digits,
                                       captions_per_image=c.data.captions_per_image)
             captions = raw["captions"]
         else:
-            raw = cd.make_dataset("train", seed=c.seed, source=c.data.source,
+            raw = cd.make_dataset("train", seed=c.seed, **mnist.source_args(c.data),
                                   num_examples=c.data.train_copies * num_digits)
             captions = raw["caption"][:, None]
         images = raw["image"]
@@ -275,6 +380,20 @@ class TextToImage:
         return self.task.load_for_sampling(workdir, "the text-to-image U-Net")[1]
 
 
+def unet_workdir_of(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The run whose U-Net sampling and evaluation use: `sample.checkpoint_workdir`, or this run's `workdir`."""
+    return config.sample.checkpoint_workdir or workdir
+
+
+def load_for_sampling(config: ml_collections.ConfigDict, workdir: str) -> tuple[Pipeline, TrainState]:
+    """The pipeline and U-Net state that `--mode=sample` and `--mode=eval` use (those of `sample.checkpoint_workdir`
+    when set, with the CLIP and autoencoder that run recorded), checked against what the U-Net was trained on."""
+    source = unet_workdir_of(config, workdir)
+    pipeline = Pipeline.load(config, workdir, source)
+    pipeline.check(source)
+    return pipeline, pipeline.load_state(workdir)
+
+
 def to_batch(pairs: dict, images: np.ndarray) -> dict:
     """A batch of `train_data` pairs (index, tokens, mask, pooled) -> the train step's {'image', 'cond'} batch:
     uint8 pixels scaled to [-1, 1], or latents as they are."""
@@ -287,10 +406,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains CLIP (and in latent space the autoencoder) first if needed, then (or resumes) the text-conditioned
     U-Net; evaluates if train.final_eval."""
     validate_config(config)
+    devices = jax.device_count()
+    config_lib.check_batch_divides(config, "train.batch_size", devices)
+    config_lib.nested("clip", config_lib.check_batch_divides, config, "train.batch_size", devices)
+    if config.diffusion.space == "latent":
+        config_lib.nested("autoencoder", config_lib.check_batch_divides, config, "train.batch_size", devices)
+    classifier_lib.check_cache(os.path.join(workdir, "classifier"), seed=config.seed,
+                               steps=config.eval.classifier_steps)
     ensure_clip(config, workdir)
     ensure_autoencoder(config, workdir)
-    model = TextToImage.load(config, workdir)
-    check_space(workdir, model.space, record=True)
+    model = Pipeline.load(config, workdir)
+    model.check(workdir, record=True)
     pairs, images = model.train_data()
     t = config.train
     titles = SCENE_GRID_PROMPTS if config.data.dataset == "scenes" else GRID_PROMPTS
@@ -301,7 +427,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         grid_rows=[np.arange(4 * i, 4 * i + 4) for i in range(len(titles))], grid_titles=titles,
         description="txt2img", to_images=model.to_images)
     if t.final_eval:
-        _evaluate(model, workdir, state)
+        _evaluate(model, state, workdir=workdir)
     return state
 
 
@@ -323,18 +449,20 @@ def read_prompts(config: ml_collections.ConfigDict) -> list:
     return prompts
 
 
-def generate(model: TextToImage, state: TrainState, prompts: list, *, num_per_prompt: int = 1, seed: int = 0,
+def generate(model: Pipeline, params, prompts: list, *, num_per_prompt: int = 1, seed: Optional[int] = None,
              guidance: Optional[float] = None) -> np.ndarray:
     """Prompt in, image out: uint8 images [len(prompts) * num_per_prompt, H, W, 3], prompt-major.
 
-    Uses the EMA weights if `sample.use_ema`, the configured sampler and steps, and `guidance` (default
-    `sample.guidance`). Image i depends only on (seed, i, its prompt, guidance), not on the device count. Compiles
-    once per chunk size (a power of two up to `sample.batch_size`), not once per call.
+    `params`: the U-Net weights as placed on the devices (`model.task.params_for_sampling(state)`: EMA if
+    `sample.use_ema`), so repeated calls do not upload them again. The configured sampler and steps; `seed` and
+    `guidance` default to `sample.seed` and `sample.guidance`, as `--mode=sample` draws. Image i depends only on (seed,
+    i, its prompt, guidance), not on the device count. Compiles once per chunk size (a power of two up to
+    `sample.batch_size`), not once per call.
     """
     s = model.config.sample
     cond = jax.tree.map(lambda a: np.repeat(a, num_per_prompt, axis=0), model.prompt_condition(list(prompts)))
     n = len(prompts) * num_per_prompt
-    samples = model.task.sampler_for(n)(model.task.params_for_sampling(state), cond, seed=seed,
+    samples = model.task.sampler_for(n)(params, cond, seed=s.seed if seed is None else seed,
                                         guidance=s.guidance if guidance is None else guidance)
     return model.to_images(samples)
 
@@ -343,21 +471,23 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     """--mode=sample: `sample.num_per_prompt` images per prompt; writes npz + JSON + PNG; returns the npz path."""
     validate_config(config)
     prompts = read_prompts(config)
-    model = TextToImage.load(config, workdir)
+    source = unet_workdir_of(config, workdir)
+    model = Pipeline.load(config, workdir, source)
     model.prompt_condition(prompts)  # errors before the U-Net is even loaded
-    check_space(config.sample.checkpoint_workdir or workdir, model.space)
+    model.check(source)
     state = model.load_state(workdir)
     s = config.sample
     k = s.num_per_prompt
     start = time.time()
-    images = generate(model, state, prompts, num_per_prompt=k, seed=s.seed, guidance=s.guidance)
+    images = generate(model, model.task.params_for_sampling(state), prompts, num_per_prompt=k, seed=s.seed,
+                      guidance=s.guidance)
     seconds = time.time() - start
     path = s.output or os.path.join(workdir, "samples", "samples.npz")
     expanded = [p for p in prompts for _ in range(k)]
     info = {"sampling_seconds": seconds, "images_per_second": len(expanded) / seconds, "num_images": len(expanded),
             "sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance": s.guidance, "seed": s.seed,
             "use_ema": s.use_ema, "train_step": int(np.asarray(state.step))}
-    if jax.process_index() == 0:
+    if distributed.is_primary():
         write_samples(path, images, {"prompts": np.asarray(expanded)}, info,
                       [np.arange(i * k, (i + 1) * k) for i in range(len(prompts))], row_titles=prompts)
     print(f"sampled {len(expanded)} images for {len(prompts)} prompt(s) in {seconds:.1f} s -> {path}")
@@ -374,37 +504,37 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Draws `eval.num_per_prompt` images for each of the 300 canonical prompts at each guidance scale and checks
     digit, colour and layout (seen vs held-out pairs), the CLIP score and the per-prompt diversity."""
     validate_config(config)
-    model = TextToImage.load(config, workdir)
-    check_space(config.sample.checkpoint_workdir or workdir, model.space)
-    return _evaluate(model, workdir, model.load_state(workdir))
+    classifier_lib.check_cache(os.path.join(workdir, "classifier"), seed=config.seed,
+                               steps=config.eval.classifier_steps)
+    return _evaluate(*load_for_sampling(config, workdir), workdir=workdir)
 
 
-def _classifier(config: ml_collections.ConfigDict, workdir: str):
+def _classifier(config: ml_collections.ConfigDict, workdir: str, autoencoder_dir: str = ""):
     """The attribute checker's digit classifier (real training digits only), trained once into WORKDIR/classifier.
 
-    In latent space, when WORKDIR has none and the autoencoder's workdir holds one trained the same way (its
-    evaluation's scene checker: same source, seed and steps), that one is read instead of training a copy.
+    In latent space, when WORKDIR has none and the autoencoder's workdir `autoencoder_dir` holds one trained the same
+    way (its evaluation's scene checker: same source, seed and steps), that one is read instead of training a copy.
     """
     directory = os.path.join(workdir, "classifier")
     if config.diffusion.space == "latent" and not os.path.exists(directory):
-        a, shared = config.autoencoder, os.path.join(autoencoder_workdir(config, workdir), "classifier")
+        a, shared = config.autoencoder, os.path.join(autoencoder_dir, "classifier")
         if (os.path.exists(os.path.join(shared, classifier_lib.PARAMS_FILENAME)) and
-                (a.seed, a.data.source, a.eval.classifier_steps) ==
-                (config.seed, config.data.source, config.eval.classifier_steps)):
+                (a.seed, mnist.source_args(a.data), a.eval.classifier_steps) ==
+                (config.seed, mnist.source_args(config.data), config.eval.classifier_steps)):
             directory = shared
-    return classifier_lib.load_or_train_on_source(directory, config.data.source, seed=config.seed,
+    return classifier_lib.load_or_train_on_source(directory, config.data, seed=config.seed,
                                                   steps=config.eval.classifier_steps)
 
 
 def _write_eval(workdir: str, result: dict, config: ml_collections.ConfigDict) -> None:
     result.update({f"default_{k}": v for k, v in result["guidance"][f"{float(config.sample.guidance):g}"].items()})
     result["default_guidance"] = float(config.sample.guidance)
-    if jax.process_index() == 0:
+    if distributed.is_primary():
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump(result, f, indent=2)
 
 
-def _evaluate(model: TextToImage, workdir: str, state: TrainState) -> dict:
+def _evaluate(model: Pipeline, state: TrainState, *, workdir: str) -> dict:
     if model.config.data.dataset == "scenes":
         return _evaluate_scenes(model, workdir, state)
     config, task = model.config, model.task
@@ -415,8 +545,8 @@ def _evaluate(model: TextToImage, workdir: str, state: TrainState) -> dict:
     heldout = np.asarray([cd.is_heldout(int(d), int(c)) for d, c, _ in combos])
     cond = jax.tree.map(lambda a: np.repeat(a, k, axis=0), model.prompt_condition(prompts))
     text_emb = cond["pooled"]
-    classifier = _classifier(config, workdir)
-    real = cd.make_dataset("test", seed=config.seed + 1, source=config.data.source)
+    classifier = _classifier(config, workdir, model.autoencoder_workdir)
+    real = cd.make_dataset("test", seed=config.seed + 1, **mnist.source_args(config.data))
     ceiling = checks.check_real_ceiling(classifier, real)
     real_clip = np.sum(model.encoder.embed_images(real["image"])
                        * model.prompt_condition([cd.canonical_caption(d, c, l) for d, c, l in
@@ -436,7 +566,7 @@ def _evaluate(model: TextToImage, workdir: str, state: TrainState) -> dict:
         scores["diversity"] = checks.diversity(images, np.repeat(np.arange(len(prompts)), k))
         scores["sampling_seconds"] = seconds
         result["guidance"][f"{g:g}"] = scores
-        if jax.process_index() == 0:
+        if distributed.is_primary():
             rows = [np.arange(i * k, (i + 1) * k) for i in range(0, len(prompts), 5)]  # the 60 centred prompts
             save_grid(os.path.join(workdir, "samples", f"eval_guidance_{g:g}.png"), images, rows,
                       row_titles=prompts[::5])
@@ -456,7 +586,7 @@ def _evaluate(model: TextToImage, workdir: str, state: TrainState) -> dict:
 def scene_eval_prompts(config: ml_collections.ConfigDict) -> dict:
     """The scene prompts of the evaluation: the direct captions of the first `eval.num_prompts` held-out test
     scenes (half of them show a held-out (digit, colour) pair: the test split alternates), with their attributes."""
-    real = scenes.make_dataset("test", seed=config.seed + 1, source=config.data.source)
+    real = scenes.make_dataset("test", seed=config.seed + 1, **mnist.source_args(config.data))
     keep = slice(0, config.eval.num_prompts)
     prompts = [scenes.canonical_caption(*s) for s in zip(real["digits"][keep], real["colors"][keep],
                                                          real["relation"][keep])]
@@ -464,7 +594,7 @@ def scene_eval_prompts(config: ml_collections.ConfigDict) -> dict:
             "real": real}
 
 
-def _evaluate_scenes(model: TextToImage, workdir: str, state: TrainState) -> dict:
+def _evaluate_scenes(model: Pipeline, workdir: str, state: TrainState) -> dict:
     """Draws `eval.num_per_prompt` images for each evaluation prompt at each guidance scale and reads them
     (`evaluation/scenes.py`): both objects by colour, each one's digit with the project's classifier, the relation
     from their centres; seen vs held-out prompts, per attribute, beside the checker's ceiling on real scenes."""
@@ -475,7 +605,7 @@ def _evaluate_scenes(model: TextToImage, workdir: str, state: TrainState) -> dic
     prompts = ev["prompts"]
     want = {key: np.repeat(ev[key], k, axis=0) for key in ("digits", "colors", "relation", "heldout")}
     cond = jax.tree.map(lambda a: np.repeat(a, k, axis=0), model.prompt_condition(prompts))
-    classifier = _classifier(config, workdir)
+    classifier = _classifier(config, workdir, model.autoencoder_workdir)
     ceiling = scene_checks.check_real_ceiling(classifier, ev["real"])
     result = {"checker_on_real_images": ceiling, "space": model.space, "guidance": {}}
     params = task.params_for_sampling(state)
@@ -489,7 +619,7 @@ def _evaluate_scenes(model: TextToImage, workdir: str, state: TrainState) -> dic
         scores["clip_score"] = float(np.mean(np.sum(model.encoder.embed_images(images) * cond["pooled"], -1)))
         scores["sampling_seconds"] = seconds
         result["guidance"][f"{g:g}"] = scores
-        if jax.process_index() == 0:
+        if distributed.is_primary():
             rows = [np.arange(i * k, (i + 1) * k) for i in range(min(len(prompts), 20))]
             save_grid(os.path.join(workdir, "samples", f"eval_guidance_{g:g}.png"), images, rows,
                       row_titles=prompts[:20])
