@@ -10,7 +10,7 @@ real captioned training batches) and the U-Net's (`trainers/diffusion.py`, on ra
 CLIP's outputs: speed does not depend on the values). Rounds alternate the presets so that this machine's drift
 falls on both; the median round counts. Training cost = CLIP step x CLIP steps + U-Net step x U-Net steps (what a
 run from nothing spends in train steps; compiles, data and evaluation excluded). Quality of each preset comes from
-its full run (README), not from here.
+its full run (docs/text_to_image.md), not from here.
 """
 import statistics
 import time

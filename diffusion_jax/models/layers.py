@@ -77,7 +77,7 @@ class AttentionBlock(nn.Module):
         if self.implementation not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"unknown attention implementation {self.implementation!r}: use one of "
                              f"{ATTENTION_IMPLEMENTATIONS}")
-        if self.implementation == "flax":  # the same function and parameters, Flax's way (before issue 13)
+        if self.implementation == "flax":  # the same function and parameters, Flax's way
             mask = None if context_mask is None else context_mask[:, None, None, :]
             out = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
                                                   out_kernel_init=nn.initializers.zeros)(q, kv, mask=mask)
@@ -92,8 +92,8 @@ class MultiHeadAttention(nn.Module):
     value [D, heads, D/heads] and a zero-initialised out projection), computed with the softmax normalisation
     deferred past the value product: out = (exp(s - max s) @ v) / sum exp(s - max s). That is the same function,
     but the division touches [B, Q, heads, D/heads] instead of the [B, heads, Q, K] weights, whose divide was the
-    largest single attention op in a first profile (benchmarks/step_profile.py). Measured on an idle 2-core CPU, the
-    whole text-to-image step is no faster for it (164.3 vs 162.5 ms, README); issue 13's runs used it."""
+    largest single attention op in a first profile (benchmarks/step_profile.py). The whole step is no faster for it on
+    a CPU (docs/training_speed.md)."""
 
     num_heads: int
     dtype: Dtype = jnp.float32

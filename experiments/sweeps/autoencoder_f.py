@@ -4,7 +4,7 @@ test scenes (eval.json, written by train.final_eval after training).
 
   python -m diffusion_jax.sweep --sweep=experiments/sweeps/autoencoder_f.py --root=runs/sweeps/autoencoder_f
 
-Two points of the default preset's 800 steps (measured for f=4: 17 minutes on a loaded 2-core CPU, 31.5 dB).
+Two points of the default preset's 800 steps (results: docs/latent_scenes.md).
 Rerun the same command to resume; --metric=psnr_heldout_pairs plots another key, --print_commands prints one
 launch line per point.
 """

@@ -1,7 +1,7 @@
 """Time to quality, continued (issue 13, item 3): the linear schedule (Ho et al. 2020), which learned fastest in the
-schedule x target sweep (91.8 % at 600 steps against cosine's 65.4 %), at fewer steps than the 1,500 of the default;
-its cosine counterparts are the points of experiments/sweeps/digits_recipe.py. Each point trains from nothing, draws
-the main command's 1,000 digits (UniPC 10, guidance 3) and scores them.
+schedule x target sweep (docs/sweeps.md), at fewer steps than the 1,500 of the preset before issue 13 (results:
+docs/digits.md); its cosine counterparts are the points of experiments/sweeps/digits_recipe.py. Each point trains
+from nothing, draws the main command's 1,000 digits (UniPC 10, guidance 3) and scores them.
 
   python -m diffusion_jax.sweep --sweep=experiments/sweeps/digits_linear_steps.py --root=runs/sweeps/linear_steps
 """

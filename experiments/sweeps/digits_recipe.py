@@ -6,7 +6,7 @@ scoring them like the README's main command.
 
 The default before issue 13 was 1,500 steps of batch 64 (96,000 examples). Seconds are each point's wall-clock
 (train + sample + evaluate, in one process); points that shared the CPU with other jobs are slower, so compare
-speed with benchmarks/main_command.py, which times the presets side by side.
+speed with benchmarks/main_command.py, which times the presets side by side. Results: docs/digits.md.
 """
 from diffusion_jax.sweep import zip_axes
 

@@ -4,7 +4,7 @@ shows the measured seconds of each point: training, then sampling 500 digits and
 
   python -m diffusion_jax.sweep --sweep=experiments/sweeps/digits_schedule_target.py --root=runs/sweeps/schedule_target
 
-Four points of 600 training steps each, about 5 minutes a point on a 2-core CPU. Rerun the same command to resume;
+Four points of 600 training steps each (results: docs/sweeps.md). Rerun the same command to resume;
 add --metric=fd to plot the Fréchet distance, --print_commands for one launch line per point.
 """
 from diffusion_jax.sweep import product, with_overrides
