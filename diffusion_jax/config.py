@@ -160,6 +160,9 @@ def sample_group(**overrides) -> ml_collections.ConfigDict:
         steps=10,
         eta=0.0,
         guidance=3.0,
+        # (lo, hi): guidance applies at timesteps t in [lo T, hi T] (0 clean, 1 pure noise), the conditional
+        # prediction elsewhere (Kynkaenniemi et al. 2024); (0, 1) guides every step
+        guidance_interval=(0.0, 1.0),
         output="",  # .npz path; "" = WORKDIR/samples/samples.npz (a PNG grid is written beside it)
         batch_size=500,
         seed=1,

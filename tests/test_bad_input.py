@@ -127,3 +127,11 @@ def test_a_latent_json_of_another_model_is_a_named_mismatch(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"records latent_shape \[8, 8, 3\] for step 0, but the config "
                                                       r"builds \[32, 32, 4\] \(config\.model\.channels"):
         autoencoder.ensure_latent_info(task, str(tmp_path), state, np.zeros((4, 64, 64, 3), np.uint8))
+
+
+@pytest.mark.parametrize("interval", [(0.5, 0.5), (-0.1, 1.0), (0.0, 1.5), (0.2,)])
+def test_a_guidance_interval_outside_the_timesteps_is_named(interval):
+    config = _tiny("digits")
+    config.sample.guidance_interval = interval
+    with pytest.raises(ConfigError, match=r"config\.sample\.guidance_interval=.* must be \(lo, hi\) with 0 <= lo < hi"):
+        digits.validate_config(config)

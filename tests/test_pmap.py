@@ -36,16 +36,33 @@ def _losses(workdir: str) -> list:
     return [r["loss"] for r in rows]
 
 
-@pytest.mark.parametrize("name,train,nested", [
-    ("clip_digits", clip.train, ()),
-    ("autoencoder_scenes", autoencoder.train, ()),
-    ("txt2img_digits", txt2img.train, ("clip",)),
-], ids=["clip", "autoencoder", "txt2img"])
-def test_each_task_trains_under_pmap(tmp_path, name, train, nested):
-    state = train(_config(name, "pmap", nested), str(tmp_path))
+@pytest.fixture(scope="module")
+def pmap_clip(tmp_path_factory):
+    """A tiny CLIP trained under pmap: the CLIP task's own run, and the frozen text encoder of the text-to-image run
+    (a finished CLIP outside that run, used as it is), so the suite trains it once."""
+    workdir = str(tmp_path_factory.mktemp("clip"))
+    return workdir, clip.train(_config("clip_digits", "pmap"), workdir)
+
+
+def _check_run(workdir: str, state) -> None:
     assert int(np.asarray(state.step)) == STEPS
-    assert os.listdir(os.path.join(tmp_path, "checkpoints")) == [str(STEPS)]
-    assert all(np.isfinite(_losses(str(tmp_path))))
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(STEPS)]
+    assert all(np.isfinite(_losses(workdir)))
+
+
+def test_clip_trains_under_pmap(pmap_clip):
+    _check_run(*pmap_clip)
+
+
+def test_autoencoder_trains_under_pmap(tmp_path):
+    _check_run(str(tmp_path), autoencoder.train(_config("autoencoder_scenes", "pmap"), str(tmp_path)))
+
+
+def test_txt2img_trains_under_pmap(tmp_path, pmap_clip):
+    config = _config("txt2img_digits", "pmap", ("clip",))
+    config.clip.workdir = pmap_clip[0]
+    _check_run(str(tmp_path), txt2img.train(config, str(tmp_path)))
+    assert json.load(open(os.path.join(tmp_path, "clip.json")))["step"] == STEPS
 
 
 def test_digits_under_pmap_trains_samples_and_evaluates_like_shard_map(tmp_path):

@@ -465,6 +465,17 @@ def test_classifier_free_guidance_limits_and_single_batched_call():
     assert np.max(np.abs(np.asarray(c - u))) > 0.1  # the condition matters
 
 
+def test_guidance_in_a_limited_interval_guides_only_inside_it():
+    x, t, cond, null = _cfg_inputs()  # timesteps 5, 20, 40
+    c, u = fake_cond_apply(x, t, cond), fake_cond_apply(x, t, null)
+    everywhere = samplers.classifier_free_guidance(fake_cond_apply, cond, null, 3.0)(x, t)
+    assert np.array_equal(samplers.classifier_free_guidance(fake_cond_apply, cond, null, 3.0, (0, 50))(x, t),
+                          everywhere)  # an interval covering every step changes no bit
+    limited = samplers.classifier_free_guidance(fake_cond_apply, cond, null, 3.0, (10, 30))(x, t)
+    np.testing.assert_allclose(limited[1], u[1] + 3.0 * (c[1] - u[1]), atol=1e-4)  # t = 20: guided
+    np.testing.assert_allclose(np.asarray(limited)[[0, 2]], np.asarray(c)[[0, 2]], atol=1e-5)  # t = 5 and 40: the conditional prediction
+
+
 def test_classifier_free_guidance_structure_mismatch_errors():
     _, _, cond, null = _cfg_inputs()
     with pytest.raises(ValueError, match="same pytree structure"):

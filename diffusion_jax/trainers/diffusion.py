@@ -119,20 +119,25 @@ def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.Gradien
 
 
 def make_sampler(model: UNet, schedule: schedules.Schedule, image_shape, *, sampler: str, steps: int, eta: float,
-                 prediction: str, clip_x0: bool = True, null_cond: Any = None) -> Callable:
+                 prediction: str, clip_x0: bool = True, null_cond: Any = None,
+                 guidance_interval: Sequence[float] = (0.0, 1.0)) -> Callable:
     """Per-device `(params, cond [b, ...], keys [b], guidance) -> images [b,H,W,C]` with classifier-free guidance.
 
     `null_cond` is one example's null condition (default: the null class). The guidance scale is a traced argument:
-    changing it does not recompile. The step count is static.
+    changing it does not recompile. The step count is static, as is `guidance_interval` (lo, hi): guidance applies
+    where the timestep t is in [lo T, hi T] of the T training timesteps, the conditional prediction elsewhere
+    (`samplers.classifier_free_guidance`); (0, 1), every step, is the same program as before the knob existed.
     """
     if null_cond is None:
         null_cond = np.int32(model.num_classes)
     image_shape = tuple(image_shape)
+    lo, hi = (float(v) for v in guidance_interval)
+    interval = None if (lo, hi) == (0.0, 1.0) else (lo * schedule.num_steps, hi * schedule.num_steps)
 
     def draw(params, cond, keys, guidance):
         apply = lambda x, t, c: model.apply(params, x, t, c)  # noqa: E731
         null = _broadcast(null_cond, keys.shape[0])
-        model_fn = samplers.classifier_free_guidance(apply, cond, null, guidance)
+        model_fn = samplers.classifier_free_guidance(apply, cond, null, guidance, interval)
         return samplers.sample(sampler, model_fn, schedule, keys, image_shape, steps=steps, eta=eta,
                                prediction=prediction, clip_x0=clip_x0)
 
@@ -148,9 +153,10 @@ class Sampler:
 
     def __init__(self, dp: DataParallel, model: UNet, schedule: schedules.Schedule, image_shape, *, sampler: str,
                  steps: int, eta: float, prediction: str, batch_size: int, null_cond: Any = None,
-                 clip_x0: bool = True):
+                 clip_x0: bool = True, guidance_interval: Sequence[float] = (0.0, 1.0)):
         per_device = make_sampler(model, schedule, image_shape, sampler=sampler, steps=steps, eta=eta,
-                                  prediction=prediction, null_cond=null_cond, clip_x0=clip_x0)
+                                  prediction=prediction, null_cond=null_cond, clip_x0=clip_x0,
+                                  guidance_interval=guidance_interval)
         self.dp = dp
         self.chunk = -(-batch_size // dp.num_devices) * dp.num_devices
         self._draw = dp.lift(per_device, ("replicated", "sharded", "sharded", "replicated"), "sharded")
@@ -214,6 +220,11 @@ def validate_diffusion_config(config, *, image_size: int, positive: Sequence[str
         raise ConfigError(f"config.model.attention_resolutions={tuple(config.model.attention_resolutions)!r}: "
                           f"{unknown} is not the size of a U-Net level; the levels run at {sizes} (the "
                           f"{image_size}x{image_size} input / patch {config.model.patch_size} / 2 per level)")
+    interval = tuple(config.sample.get("guidance_interval", (0.0, 1.0)))
+    if (len(interval) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
+            or not 0.0 <= interval[0] < interval[1] <= 1.0):
+        raise ConfigError(f"config.sample.guidance_interval={interval!r} must be (lo, hi) with 0 <= lo < hi <= 1: the "
+                          "part of the timesteps (0 clean, 1 pure noise) where guidance applies")
     if config.sample.eta and config.sample.sampler != "ddim":
         raise ConfigError(f"config.sample.eta={config.sample.eta} is read by config.sample.sampler='ddim' only, but "
                           f"the sampler is {config.sample.sampler!r}; set eta to 0")
@@ -280,7 +291,8 @@ class DiffusionTask:
         if chunk not in self._samplers:
             self._samplers[chunk] = Sampler(self.dp, self.model, self.schedule, self.image_shape, sampler=s.sampler,
                                             steps=s.steps, eta=s.eta, prediction=self.config.diffusion.prediction,
-                                            batch_size=chunk, null_cond=self.null_cond, clip_x0=self.clip_x0)
+                                            batch_size=chunk, null_cond=self.null_cond, clip_x0=self.clip_x0,
+                                            guidance_interval=tuple(s.get("guidance_interval", (0.0, 1.0))))
         return self._samplers[chunk]
 
     def sampler_for(self, n: int) -> "Sampler":

@@ -114,7 +114,8 @@ def _sample(config: ml_collections.ConfigDict, workdir: str, task: diffusion.Dif
     # Wall-clock of the whole sampling call, including its one XLA compile (the steps run in a lax.scan, so the
     # compile barely depends on their number). Padding up to a full sample.batch_size chunk is drawn, not counted.
     info = {"sampling_seconds": seconds, "images_per_second": len(labels) / seconds, "num_images": len(labels),
-            "sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance": s.guidance, "batch_size": s.batch_size,
+            "sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance": s.guidance,
+            "guidance_interval": list(s.guidance_interval), "batch_size": s.batch_size,
             "num_devices": task.dp.num_devices, "use_ema": s.use_ema, "train_step": int(np.asarray(state.step)),
             "checkpoint_workdir": os.path.abspath(s.checkpoint_workdir or workdir)}
     if distributed.is_primary():

@@ -485,7 +485,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     path = s.output or os.path.join(workdir, "samples", "samples.npz")
     expanded = [p for p in prompts for _ in range(k)]
     info = {"sampling_seconds": seconds, "images_per_second": len(expanded) / seconds, "num_images": len(expanded),
-            "sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance": s.guidance, "seed": s.seed,
+            "sampler": s.sampler, "steps": s.steps, "eta": s.eta, "guidance": s.guidance,
+            "guidance_interval": list(s.guidance_interval), "seed": s.seed,
             "use_ema": s.use_ema, "train_step": int(np.asarray(state.step))}
     if distributed.is_primary():
         write_samples(path, images, {"prompts": np.asarray(expanded)}, info,
