@@ -30,20 +30,22 @@ def _set(config, key: str, value):
     return config
 
 
+# Every task's own config, and the nested CLIP and autoencoder configs a text-to-image run trains: (experiment, the
+# group's key prefix, the task module that trains / validates it).
+GROUPS = [("digits", "", digits), ("clip_digits", "", clip), ("autoencoder_scenes", "", autoencoder),
+          ("txt2img_digits", "", txt2img), ("txt2img_digits", "clip.", txt2img),
+          ("txt2img_scenes", "autoencoder.", txt2img)]
+GROUP_IDS = [f"{experiment}-{prefix or 'own'}" for experiment, prefix, _ in GROUPS]
+
+
 # 8 fake CPU devices (tests/conftest.py): a global batch of 12 cannot be split over them.
-@pytest.mark.parametrize("experiment,key,train", [
-    ("digits", "train.batch_size", digits.train),
-    ("clip_digits", "train.batch_size", clip.train),
-    ("autoencoder_scenes", "train.batch_size", autoencoder.train),
-    ("txt2img_digits", "train.batch_size", txt2img.train),
-    ("txt2img_digits", "clip.train.batch_size", txt2img.train),
-    ("txt2img_scenes", "autoencoder.train.batch_size", txt2img.train),
-])
-def test_a_batch_that_does_not_split_over_the_devices_is_named_before_any_work(tmp_path, experiment, key, train):
+@pytest.mark.parametrize("experiment,prefix,task", GROUPS, ids=GROUP_IDS)
+def test_a_batch_that_does_not_split_over_the_devices_is_named_before_any_work(tmp_path, experiment, prefix, task):
     assert jax.device_count() == 8
+    key = prefix + "train.batch_size"
     config = _set(_tiny(experiment), key, 12)
     with pytest.raises(ConfigError, match=rf"^config\.{key}=12 cannot be split evenly over the 8 devices"):
-        train(config, str(tmp_path / "run"))
+        task.train(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
 
 
@@ -72,18 +74,12 @@ def test_eta_is_refused_by_the_samplers_that_ignore_it(sampler):
         digits.validate_config(config)
 
 
-@pytest.mark.parametrize("experiment,key,validate", [
-    ("digits", "data.tfds_data_dir", digits.validate_config),
-    ("clip_digits", "data.tfds_data_dir", clip.validate_config),
-    ("autoencoder_scenes", "data.tfds_data_dir", autoencoder.validate_config),
-    ("txt2img_digits", "data.tfds_data_dir", txt2img.validate_config),
-    ("txt2img_digits", "clip.data.tfds_data_dir", txt2img.validate_config),
-    ("txt2img_scenes", "autoencoder.data.tfds_data_dir", txt2img.validate_config),
-])
-def test_a_tfds_data_dir_without_the_tfds_source_is_named(experiment, key, validate):
+@pytest.mark.parametrize("experiment,prefix,task", GROUPS, ids=GROUP_IDS)
+def test_a_tfds_data_dir_without_the_tfds_source_is_named(experiment, prefix, task):
+    key = prefix + "data.tfds_data_dir"
     config = _set(_tiny(experiment), key, "/data/tfds")
     with pytest.raises(ConfigError, match=rf"^config\.{key}='/data/tfds' is read by config\..*source='tfds' only"):
-        validate(config)
+        task.validate_config(config)
 
 
 def test_every_task_reads_its_tfds_data_dir(tmp_path):

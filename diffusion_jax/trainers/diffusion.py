@@ -220,7 +220,7 @@ def validate_diffusion_config(config, *, image_size: int, positive: Sequence[str
         raise ConfigError(f"config.model.attention_resolutions={tuple(config.model.attention_resolutions)!r}: "
                           f"{unknown} is not the size of a U-Net level; the levels run at {sizes} (the "
                           f"{image_size}x{image_size} input / patch {config.model.patch_size} / 2 per level)")
-    interval = tuple(config.sample.get("guidance_interval", (0.0, 1.0)))
+    interval = tuple(config.sample.guidance_interval)
     if (len(interval) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
             or not 0.0 <= interval[0] < interval[1] <= 1.0):
         raise ConfigError(f"config.sample.guidance_interval={interval!r} must be (lo, hi) with 0 <= lo < hi <= 1: the "
@@ -292,7 +292,7 @@ class DiffusionTask:
             self._samplers[chunk] = Sampler(self.dp, self.model, self.schedule, self.image_shape, sampler=s.sampler,
                                             steps=s.steps, eta=s.eta, prediction=self.config.diffusion.prediction,
                                             batch_size=chunk, null_cond=self.null_cond, clip_x0=self.clip_x0,
-                                            guidance_interval=tuple(s.get("guidance_interval", (0.0, 1.0))))
+                                            guidance_interval=tuple(s.guidance_interval))
         return self._samplers[chunk]
 
     def sampler_for(self, n: int) -> "Sampler":
