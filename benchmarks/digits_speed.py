@@ -20,6 +20,7 @@ or `--peak_tflops`); run it there with `--dtype=bfloat16` and a batch that fills
 (1,000 guided images each, same model), with the ratio of images/s to the first; their quality at each step count
 comes from the samplers sweep (experiments/sweeps/digits_samplers.py), not from this untrained model.
 """
+import dataclasses
 import json
 import os
 import tempfile
@@ -134,8 +135,8 @@ def main(argv):
     t = jnp.zeros(batch_size, jnp.int32)
     fwd_flops = profiling.compiled_flops(lambda p, x, t: task.model.apply(p, x, t, t), state.params, x, t)
     fwd_flops /= batch_size
-    per_device = diffusion.make_train_step(task.model, task.schedule, task.tx, seed=0, prediction="eps",
-                                           cond_dropout=0.1, ema_decay=0.999)
+    eps = dataclasses.replace(task.process, prediction="eps")
+    per_device = diffusion.make_train_step(task.model, eps, task.tx, seed=0, cond_dropout=0.1, ema_decay=0.999)
     one = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("batch",))
     single = jax.shard_map(per_device, mesh=one, in_specs=(jax.P(), jax.P("batch")), out_specs=(jax.P(), jax.P()),
                            check_vma=False)

@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from diffusion_jax import profiling
+from diffusion_jax import datasets
 from diffusion_jax.distributed import split_cpu
 from diffusion_jax.trainers import diffusion, digits, txt2img
 
@@ -39,7 +40,7 @@ def _task(config) -> tuple[diffusion.DiffusionTask, dict]:
         if config.diffusion.space == "latent":
             raise SystemExit("latent space: profile the pixel preset, or see benchmarks/scenes_speed.py")
         null = jax.tree.map(lambda a: a[0], txt2img.stand_in_condition(config.clip.model, 1, rng))
-        task = diffusion.DiffusionTask(config, image_shape=txt2img.IMAGE_SHAPES[config.data.dataset], null_cond=null)
+        task = diffusion.DiffusionTask(config, image_shape=datasets.get(config.data.dataset).image_shape, null_cond=null)
         cond = txt2img.stand_in_condition(config.clip.model, b, rng)
     images = rng.uniform(-1, 1, (b,) + task.image_shape).astype(np.float32)
     return task, {"image": images, "cond": cond}

@@ -19,6 +19,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from diffusion_jax import profiling
+from diffusion_jax import datasets
 from diffusion_jax.config import load_config
 from diffusion_jax.distributed import split_cpu
 from diffusion_jax.sweep.points import check_point
@@ -52,7 +53,7 @@ def _steps(config):
     clip_batches = [ct.dp.shard_batch(ct.train_batch(data, s)) for s in range(2)]
     b, rng = config.train.batch_size, np.random.default_rng(0)
     null = jax.tree.map(lambda a: a[0], txt2img.stand_in_condition(config.clip.model, 1, rng))
-    task = diffusion.DiffusionTask(config, image_shape=txt2img.IMAGE_SHAPES[config.data.dataset], null_cond=null)
+    task = diffusion.DiffusionTask(config, image_shape=datasets.get(config.data.dataset).image_shape, null_cond=null)
     unet_batches = [task.dp.shard_batch({
         "image": rng.uniform(-1, 1, (b,) + task.image_shape).astype(np.float32),
         "cond": txt2img.stand_in_condition(config.clip.model, b, rng)}) for _ in range(2)]

@@ -78,11 +78,12 @@ def main(argv):
     cond_all = {"tokens": np.concatenate(tokens), "mask": mask, "pooled": np.concatenate(pooled)}
     null = jax.tree.map(lambda a: a[0], cond_all)
 
-    model = diffusion.build_unet(c.model, num_classes=None, out_channels=3, text=True)
-    schedule = diffusion.schedules.make_schedule(c.diffusion.schedule, c.diffusion.num_steps)
+    model = diffusion.build_model(c.model, num_classes=None, out_channels=3, text=True)
+    process = diffusion.process_lib.VP(diffusion.schedules.make_schedule(c.diffusion.schedule, c.diffusion.num_steps),
+                                       prediction="v")
     tx = make_optimizer(learning_rate=1e-3, warmup_steps=10, num_steps=1000, weight_decay=0.0, grad_clip=1.0)
-    per_device = diffusion.make_train_step(model, schedule, tx, seed=0, prediction="v", cond_dropout=0.1,
-                                           ema_decay=0.999, null_cond=null)
+    per_device = diffusion.make_train_step(model, process, tx, seed=0, cond_dropout=0.1, ema_decay=0.999,
+                                           null_cond=null)
 
     def in_step(state, batch):
         pooled, tokens = encode_inner(batch["ids"], batch["mask"])
@@ -114,8 +115,8 @@ def main(argv):
               f"{used} ({c.model.dtype})")
     if _NUM_SAMPLES.value:
         s = c.sample
-        sampler = diffusion.Sampler(dp, model, schedule, IMAGE_SHAPE, sampler=s.sampler, steps=s.steps, eta=s.eta,
-                                    prediction="v", batch_size=_NUM_SAMPLES.value, null_cond=null)
+        sampler = diffusion.Sampler(dp, model, process, IMAGE_SHAPE, sampler=s.sampler, steps=s.steps, eta=s.eta,
+                                    batch_size=_NUM_SAMPLES.value, null_cond=null)
         cond = jax.tree.map(lambda a: a[:_NUM_SAMPLES.value], cond_all)
         p = dp.replicate(params)
         sampler(p, cond, seed=0, guidance=3.0)

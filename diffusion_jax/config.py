@@ -102,6 +102,7 @@ def _group(layout: dict, overrides: dict) -> ml_collections.ConfigDict:
 def unet_model(**overrides) -> ml_collections.ConfigDict:
     """The `model` group of the U-Net diffusion experiments (models/unet.py); `overrides` replace or add keys."""
     return _group(dict(
+        name="unet",  # unet | dit | mmdit (models/__init__.py; the transformers' groups: transformer_model)
         channels=(64, 128),
         num_res_blocks=1,
         attention_resolutions=(4,),  # in U-Net feature-map pixels (after patchify); the middle always attends
@@ -118,9 +119,27 @@ def unet_model(**overrides) -> ml_collections.ConfigDict:
     ), overrides)
 
 
-def diffusion_group(**overrides) -> ml_collections.ConfigDict:
-    """The `diffusion` group (noise schedule, prediction target, loss) of the diffusion experiments."""
+def transformer_model(name: str = "dit", **overrides) -> ml_collections.ConfigDict:
+    """The `model` group of a diffusion transformer: 'dit' (models/dit.py: Peebles & Xie 2023) or 'mmdit'
+    (models/mmdit.py: SD3's two-stream joint attention); `overrides` replace or add keys."""
     return _group(dict(
+        name=name,
+        patch_size=2,  # patchify: (H / p) * (W / p) tokens
+        width=128,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=4.0,
+        dropout=0.0,
+        dtype="float32",
+    ), overrides)
+
+
+def diffusion_group(**overrides) -> ml_collections.ConfigDict:
+    """The `diffusion` group (the process: noise schedule, prediction target, loss) of the diffusion experiments."""
+    return _group(dict(
+        # vp (DDPM's variance-preserving diffusion: schedule, prediction, loss_weighting below) | flow (rectified
+        # flow, x_t = (1 - t) x0 + t eps, velocity target: time_sampling, logit_mean/std, shift); diffusion/process.py
+        process="vp",
         space="pixel",  # text to image: pixel | latent (the U-Net denoises the latents of config.autoencoder)
         schedule="cosine",  # linear | cosine
         num_steps=1000,  # training timesteps T
@@ -132,6 +151,10 @@ def diffusion_group(**overrides) -> ml_collections.ConfigDict:
         cond_dropout=0.1,
         loss_weighting="none",  # none (L_simple) | min_snr (Min-SNR-gamma, Hang et al. 2023)
         snr_gamma=5.0,  # gamma of min_snr
+        time_sampling="logit_normal",  # flow: logit_normal (SD3's default) | uniform
+        logit_mean=0.0,  # flow: t = sigmoid(n), n ~ N(logit_mean, logit_std^2)
+        logit_std=1.0,
+        shift=1.0,  # flow: t -> shift t / (1 + (shift - 1) t) in training and sampling (SD3); 1 = none
     ), overrides)
 
 
@@ -170,10 +193,43 @@ def sample_group(**overrides) -> ml_collections.ConfigDict:
     ), overrides)
 
 
+BACKBONES, PROCESSES = ("unet", "dit", "mmdit"), ("vp", "flow")  # the preset variants; unet and vp: the defaults
+VARIANTS = BACKBONES + PROCESSES
+
+
+def split_preset(preset: str, presets: Sequence[str], path: str) -> tuple[str, list]:
+    """'tiny+dit+flow' -> ('tiny', ['dit', 'flow']): an experiment's own preset (one of `presets`, '' for none)
+    followed by `VARIANTS`, at most one backbone and one process; ValueError naming the file otherwise."""
+    base, *variants = str(preset).split("+")
+    if base in VARIANTS:
+        base, variants = "", [base] + variants
+    bad = [v for v in variants if v not in VARIANTS] + ([base] if base not in presets else [])
+    if (bad or sum(v in BACKBONES for v in variants) > 1 or sum(v in PROCESSES for v in variants) > 1):
+        raise ValueError(f"unknown preset {preset!r} for {path}: write PRESET[+VARIANT...] with PRESET one of "
+                         f"{tuple(p for p in presets if p)} (or none) and at most one backbone {BACKBONES} and one "
+                         f"process {PROCESSES}")
+    return base, variants
+
+
+def apply_variants(config: ml_collections.ConfigDict, variants: Sequence[str], *, patch_size: int,
+                   tiny: bool = False) -> None:
+    """The recipe's variants, in place: 'dit' / 'mmdit' replace the U-Net by that transformer on `patch_size`
+    patches (tiny: width 16, one block); 'flow' trains by rectified flow and samples with Euler steps; 'unet' and
+    'vp' name the defaults (so a sweep's points can name every combination)."""
+    for variant in variants:
+        if variant in ("dit", "mmdit"):
+            config.model = transformer_model(variant, patch_size=patch_size,
+                                             **(dict(width=16, depth=1, num_heads=2) if tiny else {}))
+        elif variant == "flow":
+            config.diffusion.process = "flow"
+            config.sample.sampler = "euler"
+
+
 def shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
     """The `tiny` preset's shrinking shared by the U-Net diffusion experiments (seconds: tests, CI, notebooks), in
     place; each experiment then shrinks its own keys."""
-    config.model.update(channels=(16, 32), norm_groups=4)
+    if config.model.name == "unet":
+        config.model.update(channels=(16, 32), norm_groups=4)
     config.diffusion.num_steps = 100
     config.train.update(num_steps=20, batch_size=16, learning_rate=3e-3, warmup_steps=5, log_every=5,
                         checkpoint_every=10, sample_every=10, progress=False)

@@ -4,17 +4,21 @@ Train, sample 100 digits per class (UniPC, 10 steps) and evaluate them, on the b
 
   python -m diffusion_jax.main --config=experiments/digits.py --workdir=runs/digits
 
-Presets: `experiments/digits.py:tiny` (seconds: tests, CI, notebooks). Any key can be overridden, e.g.
+Presets: `experiments/digits.py:tiny` (seconds: tests, CI, notebooks); `+dit`, `+mmdit` (a diffusion transformer
+instead of the U-Net) and `+flow` (rectified flow instead of VP diffusion) combine with it: `digits.py:dit+flow`,
+`digits.py:tiny+mmdit`. Any key can be overridden, e.g.
   --config.train.num_steps=4000 --config.diffusion.schedule=linear --config.sample.guidance=2
   --mode=sample --config.sample.labels=3,9 --config.sample.num_per_class=16
 """
 import ml_collections
 
-from diffusion_jax.config import diffusion_group, sample_group, shrink_to_tiny, train_group, unet_model
+from diffusion_jax.config import (apply_variants, diffusion_group, sample_group, shrink_to_tiny, split_preset,
+                                  train_group, unet_model)
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    """The default config; `preset` ('tiny') shrinks it for tests."""
+    """The default config; `preset` ('tiny') shrinks it for tests; '+dit', '+mmdit', '+flow' change the recipe."""
+    preset, variants = split_preset(preset, ("", "tiny"), "experiments/digits.py")
     c = ml_collections.ConfigDict()
     c.task = "digits"
     c.seed = 0
@@ -50,9 +54,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.eval.classifier_steps = 1500
     c.eval.samples = ""  # .npz to evaluate; "" = sample.output
 
+    apply_variants(c, variants, patch_size=4, tiny=preset == "tiny")  # transformers: 8x8 tokens, as the U-Net's grid
     if preset == "tiny":
         shrink_to_tiny(c)
         c.sample.num_per_class = 2
-    elif preset:
-        raise ValueError(f"unknown preset {preset!r} for experiments/digits.py; available: 'tiny'")
     return c

@@ -11,22 +11,23 @@ The pixel-space baseline on the same scenes (a U-Net on 4x4 pixel patches, no au
   python -m diffusion_jax.main --config=experiments/txt2img_scenes.py:pixel --workdir=runs/txt2img_scenes_pixel \\
       --config.clip.workdir=runs/txt2img_scenes/clip
 
-Presets: `pixel`, `tiny` (seconds: tests), `tiny_pixel`. `config.clip` is experiments/clip_scenes.py and
+Presets: `pixel`, `tiny` (seconds: tests), `tiny_pixel`; each takes `+dit`, `+mmdit` (a diffusion transformer
+instead of the U-Net) and `+flow` (rectified flow instead of VP diffusion), e.g. `txt2img_scenes.py:mmdit+flow`. `config.clip` is experiments/clip_scenes.py and
 `config.autoencoder` experiments/autoencoder_scenes.py (same tiny-ness), each with its `workdir`.
 """
 import os
 
 import ml_collections
 
-from diffusion_jax.config import diffusion_group, load_config, sample_group, shrink_to_tiny, train_group, unet_model
+from diffusion_jax.config import (apply_variants, diffusion_group, load_config, sample_group, shrink_to_tiny,
+                                  split_preset, train_group, unet_model)
 
 PRESETS = ("", "pixel", "tiny", "tiny_pixel")
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
     """The default (latent) config; 'pixel' denoises pixels instead; 'tiny' / 'tiny_pixel' shrink them for tests."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r} for experiments/txt2img_scenes.py; available: {PRESETS[1:]}")
+    preset, variants = split_preset(preset, PRESETS, "experiments/txt2img_scenes.py")
     tiny, pixel = preset.startswith("tiny"), preset.endswith("pixel")
     here = os.path.dirname(os.path.abspath(__file__))
     sub = ":tiny" if tiny else ""
@@ -84,6 +85,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # One scene checker for the autoencoder and the U-Net: its classifier's steps are the autoencoder preset's.
     c.eval.classifier_steps = c.autoencoder.eval.classifier_steps
 
+    # Transformers: 2x2 latent patches (8x8 tokens) or 4x4 pixel patches (16x16 tokens), as the U-Nets' top grids.
+    apply_variants(c, variants, patch_size=4 if pixel else 2, tiny=tiny)
     if tiny:
         shrink_to_tiny(c)
         c.data.num_examples = 512
@@ -92,7 +95,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.clip.train.final_eval = False
         c.autoencoder.train.final_eval = False
         c.autoencoder.model.channels = (8, 16, 16)  # f=4, as the default: 16x16x4 latents
-        if not pixel:
+        if not pixel and c.model.name == "unet":
             c.model.patch_size = 2  # the tests' speed: the 2-level tiny U-Net on an 8x8 grid
         c.sample.num_per_prompt = 2
         c.eval.num_prompts = 8

@@ -53,8 +53,7 @@ def main() -> None:
     task = digits.make_task(config)
     task.tx = optax.sgd(0.05)
     c = config
-    step = task.dp.lift(diffusion.make_train_step(task.model, task.schedule, task.tx, seed=c.seed,
-                                                  prediction=c.diffusion.prediction,
+    step = task.dp.lift(diffusion.make_train_step(task.model, task.process, task.tx, seed=c.seed,
                                                   cond_dropout=c.diffusion.cond_dropout, ema_decay=c.train.ema_decay),
                         ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
     data = digits.train_data(config)
@@ -81,8 +80,8 @@ def main() -> None:
         first = state if first is None else first
         info[f"run{k}_seconds"] = time.time() - t0
     t0 = time.time()
-    sampler = diffusion.Sampler(task.dp, task.model, task.schedule, digits.IMAGE_SHAPE, sampler="ddim", steps=2,
-                                eta=0.5, prediction=c.diffusion.prediction, batch_size=4)
+    sampler = diffusion.Sampler(task.dp, task.model, task.process, digits.IMAGE_SHAPE, sampler="ddim", steps=2,
+                                eta=0.5, batch_size=4)
     images = sampler(task.dp.replicate(first.ema_params), np.arange(6, dtype=np.int32), seed=3, guidance=2.0)
     np.savez(os.path.join(args.out, f"samples_process{me}.npz"), images=images)
     info["sample_seconds"] = time.time() - t0

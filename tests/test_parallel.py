@@ -1,4 +1,5 @@
 """One per-device train step, two lifts (shard_map, pmap): same result on 8 devices as on 1, for steps and sampling."""
+import dataclasses
 import os
 
 import jax
@@ -7,6 +8,7 @@ import optax
 import pytest
 
 from diffusion_jax.data import pipeline
+from diffusion_jax.diffusion import process as process_lib
 from diffusion_jax.parallel import DataParallel
 from diffusion_jax.trainers import diffusion
 from diffusion_jax.trainers import digits
@@ -17,10 +19,9 @@ from diffusion_jax.config import load_config
 
 def _run_steps(task: diffusion.DiffusionTask, dp: DataParallel, num_steps: int = 3, loss_weighting: str = "none"):
     c = task.config
-    step = dp.lift(diffusion.make_train_step(task.model, task.schedule, task.tx, seed=c.seed,
-                                             prediction=c.diffusion.prediction,
-                                             cond_dropout=c.diffusion.cond_dropout, ema_decay=c.train.ema_decay,
-                                             loss_weighting=loss_weighting),
+    proc = dataclasses.replace(task.process, loss_weighting=loss_weighting)
+    step = dp.lift(diffusion.make_train_step(task.model, proc, task.tx, seed=c.seed,
+                                             cond_dropout=c.diffusion.cond_dropout, ema_decay=c.train.ema_decay),
                    ("replicated", "sharded"), ("replicated", "replicated"))
     data = digits.train_data(task.config)
     state = dp.replicate(jax.jit(task.init_state)())
@@ -54,8 +55,7 @@ def test_min_snr_weighting_in_the_step_on_eight_devices_equals_one_device(task, 
     np.testing.assert_allclose([m["loss"] for m in metrics], [m["loss"] for m in ref], rtol=1e-4)
     assert metrics[0]["loss"] < one_device[1][0]["loss"]
     with pytest.raises(ValueError, match="'snr'"):
-        diffusion.make_train_step(task.model, task.schedule, task.tx, seed=0, prediction="v", cond_dropout=0.1,
-                                  ema_decay=0.9, loss_weighting="snr")
+        _run_steps(task, DataParallel("shard_map", jax.local_devices()[:1]), num_steps=1, loss_weighting="snr")
 
 
 @pytest.mark.parametrize("mode", ["shard_map", "pmap"])
@@ -81,11 +81,10 @@ def test_sampling_spread_over_devices_equals_one_device(task, one_device, mode):
     params = one_device[0].ema_params
     labels = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 3, 9], np.int32)  # 12: not a multiple of 8, so padding is used
     dp1 = DataParallel("shard_map", jax.local_devices()[:1])
-    single = diffusion.Sampler(dp1, task.model, task.schedule, (32, 32, 1), sampler="ddim", steps=3, eta=0.5,
-                                      prediction="eps", batch_size=12)
+    eps = process_lib.VP(task.process.schedule, prediction="eps")
+    single = diffusion.Sampler(dp1, task.model, eps, (32, 32, 1), sampler="ddim", steps=3, eta=0.5, batch_size=12)
     dp8 = DataParallel(mode)
-    multi = diffusion.Sampler(dp8, task.model, task.schedule, (32, 32, 1), sampler="ddim", steps=3, eta=0.5,
-                                     prediction="eps", batch_size=8)
+    multi = diffusion.Sampler(dp8, task.model, eps, (32, 32, 1), sampler="ddim", steps=3, eta=0.5, batch_size=8)
     a = single(dp1.replicate(params), labels, seed=3, guidance=2.0)
     b = multi(dp8.replicate(params), labels, seed=3, guidance=2.0)
     assert a.shape == (12, 32, 32, 1)

@@ -146,6 +146,22 @@ def test_commands_carry_overrides_main_parses_back():
     assert shlex.split(parts[1]) == ["python", "-m", "diffusion_jax.main", *train[1:]]
 
 
+def test_a_point_may_pick_the_base_files_preset():
+    """What one key cannot switch (the backbone: its model group has other keys) a point's 'preset' picks; its other
+    overrides are checked against that preset's config and the command loads it."""
+    points = [{"preset": "tiny", "train.num_steps": 4}, {"preset": "tiny+dit+flow", "model.width": 32}]
+    sweep = make_sweep(TINY, points)
+    assert [p.name for p in sweep.points] == ["preset=tiny,train.num_steps=4", "preset=tiny+dit+flow,model.width=32"]
+    unet, dit = (sweep_lib.point_commands(sweep, "/r", p, main=("M",))[0] for p in sweep.points)
+    digits_file = TINY.partition(":")[0]
+    assert unet[1] == f"--config={digits_file}:tiny" and unet[4:] == ["--config.train.num_steps=4"]
+    assert dit[1] == f"--config={digits_file}:tiny+dit+flow" and dit[4:] == ["--config.model.width=32"]
+    with pytest.raises(ConfigError, match=r"point 1 .*no key 'model.width'"):  # the U-Net's group has no width
+        make_sweep(TINY, [{"preset": "tiny+dit"}, {"preset": "tiny", "model.width": 32}])
+    with pytest.raises(ConfigError, match=r"point 0 .*unknown preset 'tiny\+vit'"):
+        make_sweep(TINY, [{"preset": "tiny+vit"}])
+
+
 # ------------------------------------------------------------------------------- running (stand-in for main.py)
 
 def test_sweep_runs_records_failures_skips_finished_and_tabulates(tmp_path, fake_main):

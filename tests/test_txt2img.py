@@ -17,6 +17,7 @@ from diffusion_jax.checkpoint import CheckpointMismatchError
 from diffusion_jax.config import load_config
 from diffusion_jax.data import captioned_digits as cd
 from diffusion_jax.data import mnist
+from diffusion_jax.diffusion import process as process_lib
 from diffusion_jax.diffusion import samplers, schedules
 from diffusion_jax.evaluation import txt2img as checks
 from diffusion_jax.parallel import DataParallel
@@ -38,7 +39,7 @@ def _cond(rng, n, lengths):
 @pytest.fixture(scope="module")
 def unet():
     """The tiny text U-Net with every parameter perturbed (zero-initialised output layers would hide the text)."""
-    model = diffusion.build_unet(load_config(TINY).model, num_classes=None, out_channels=3, text=True)
+    model = diffusion.build_model(load_config(TINY).model, num_classes=None, out_channels=3, text=True)
     rng = np.random.default_rng(0)
     cond = _cond(rng, 2, [3, 5])
     params = jax.jit(model.init)(jax.random.key(0), np.zeros((2, 32, 32, 3), np.float32), np.zeros(2, np.int32),
@@ -120,7 +121,7 @@ def test_attribute_checks_read_real_captioned_images():
 
 
 def _text_step_run(dp, model, schedule, null, batches):
-    step = dp.lift(diffusion.make_train_step(model, schedule, optax.sgd(0.05), seed=0, prediction="v",
+    step = dp.lift(diffusion.make_train_step(model, process_lib.VP(schedule, prediction="v"), optax.sgd(0.05), seed=0,
                                              cond_dropout=0.5, ema_decay=0.9, null_cond=null),
                    ("replicated", "sharded"), ("replicated", "replicated"))
     params = jax.jit(model.init)(jax.random.key(0), batches[0]["image"][:2], np.zeros(2, np.int32),

@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from diffusion_jax.models import conditioning
 from diffusion_jax.models.layers import AttentionBlock, Downsample, ResBlock, Upsample, group_norm, timestep_embedding
 
 
@@ -46,25 +47,17 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, t, cond=None, *, train: bool = False):
-        """Predicts the noise target for x [B, H, W, C] at integer timesteps t [B] given the condition `cond`:
-        labels [B] (int) for a class-conditional model, a text dict for `text=True` (see the module docstring)."""
-        if self.text and self.num_classes is not None:
-            raise ValueError("a UNet conditions on labels (num_classes) or on text (text=True), not both")
+        """Predicts the target for x [B, H, W, C] at timesteps t [B] given the condition `cond`: labels [B] (int)
+        for a class-conditional model, a text dict for `text=True` (the contract: `models/conditioning.py`)."""
+        conditioning.check(cond, num_classes=self.num_classes, text=self.text, model="UNet")
         emb_dim = 4 * self.channels[0]
         emb = timestep_embedding(t, self.channels[0])
         emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
         emb = nn.Dense(emb_dim, dtype=self.dtype)(nn.silu(emb))
         context = context_mask = None
         if self.num_classes is not None:
-            if cond is None or isinstance(cond, dict):
-                raise ValueError("this UNet is class-conditional (num_classes set): pass int labels [B] "
-                                 "(num_classes = null)")
             emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype)(cond)
         elif self.text:
-            if not isinstance(cond, dict) or set(cond) != {"tokens", "mask", "pooled"}:
-                raise ValueError("this UNet is text-conditional: pass cond={'tokens': [B, L, W], 'mask': [B, L], "
-                                 f"'pooled': [B, D]}}, got {type(cond).__name__}"
-                                 + (f" with keys {sorted(cond)}" if isinstance(cond, dict) else ""))
             emb = emb + nn.Dense(emb_dim, dtype=self.dtype)(cond["pooled"].astype(self.dtype))
             context, context_mask = cond["tokens"], cond["mask"].astype(bool)
 

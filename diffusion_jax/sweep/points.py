@@ -19,6 +19,22 @@ MAIN_MODES = ("train", "sample", "eval", "embed")
 _MAX_NAME_CHARS = 100
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=,+-]")
 _SETTABLE_TYPES = (bool, int, float, str, tuple)
+# A point's "preset" picks the base file's preset for that point (e.g. 'dit+flow' with experiments/digits.py): the
+# way to sweep what one key cannot switch, such as the backbone, whose `model` group has other keys.
+PRESET_KEY = "preset"
+
+
+def point_spec(spec: str, overrides: Mapping) -> str:
+    """The config spec of a point: the sweep's `spec`, or its file with the point's `preset` instead."""
+    if PRESET_KEY not in overrides:
+        return spec
+    path, preset = spec.partition(":")[0], overrides[PRESET_KEY]
+    return f"{path}:{preset}" if preset else path
+
+
+def config_overrides(overrides: Mapping) -> dict:
+    """A point's overrides of config keys (all but its `preset`)."""
+    return {k: v for k, v in overrides.items() if k != PRESET_KEY}
 
 
 # ----------------------------------------------------------------------------------------------- building points
@@ -229,9 +245,22 @@ def make_sweep(spec: str, points: Sequence[Mapping], *, modes: Sequence[str] = (
     points = list(points)
     if not points:
         raise ConfigError(f"sweep {path or spec!r} has no points")
+    bases = {spec: base}
     for i, overrides in enumerate(points):
         shown = dict(overrides) if isinstance(overrides, Mapping) else overrides
-        check_point(base, overrides, where=f"sweep point {i} {shown!r}")
+        where = f"sweep point {i} {shown!r}"
+        if isinstance(overrides, Mapping) and PRESET_KEY in overrides:
+            own = point_spec(spec, overrides)
+            if not isinstance(overrides[PRESET_KEY], str):
+                raise ConfigError(f"{where}: {PRESET_KEY!r} must be a preset name (a string)")
+            if own not in bases:
+                try:
+                    bases[own] = load_config(own)
+                except ValueError as e:  # an unknown preset
+                    raise ConfigError(f"{where}: {e}") from None
+            check_point(bases[own], config_overrides(overrides), where=where)
+        else:
+            check_point(base, overrides, where=where)
     modes = (modes,) if isinstance(modes, str) else tuple(modes)
     if not modes or any(mode not in MAIN_MODES for mode in modes):
         raise ConfigError(f"sweep MODES={modes!r}: each must be one of {MAIN_MODES}")

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from diffusion_jax.sweep.points import Point, Sweep, format_value
+from diffusion_jax.sweep.points import Point, Sweep, config_overrides, format_value, point_spec
 from diffusion_jax.sweep.results import _format_number, _metric_keys
 
 DONE_FILE = "sweep_done.json"
@@ -24,8 +24,9 @@ _MAX_ERROR_CHARS = 500
 def point_commands(sweep: Sweep, root: str, point: Point, main: Sequence[str] = MAIN) -> list[list[str]]:
     """The main.py command lines of one point, one per mode, in order."""
     workdir = os.path.join(root, point.name)
-    overrides = [f"--config.{key}={format_value(value)}" for key, value in point.overrides.items()]
-    return [[*main, f"--config={sweep.spec}", f"--workdir={workdir}", f"--mode={mode}", *overrides]
+    overrides = [f"--config.{key}={format_value(value)}" for key, value in config_overrides(point.overrides).items()]
+    spec = point_spec(sweep.spec, point.overrides)
+    return [[*main, f"--config={spec}", f"--workdir={workdir}", f"--mode={mode}", *overrides]
             for mode in sweep.modes]
 
 

@@ -27,17 +27,17 @@ from jax import lax
 
 from diffusion_jax import config as config_lib
 from diffusion_jax import distributed
-from diffusion_jax.checkpoint import CheckpointMismatchError, restore_latest
+from diffusion_jax.checkpoint import CheckpointMismatchError
 from diffusion_jax.config import ConfigError
 from diffusion_jax.data import mnist, pipeline, scenes
 from diffusion_jax.evaluation import classifier as classifier_lib
 from diffusion_jax.evaluation import scenes as scene_checks
 from diffusion_jax.images import save_grid
 from diffusion_jax.models.autoencoder import AutoencoderKL, kl_divergence
-from diffusion_jax.parallel import AXIS, MODES, DataParallel
-from diffusion_jax.trainers import loop
+from diffusion_jax.parallel import AXIS, MODES
 from diffusion_jax.trainers.diffusion import example_keys
-from diffusion_jax.trainers.state import TrainState, apply_gradients, make_optimizer
+from diffusion_jax.trainers.state import TrainState, apply_gradients
+from diffusion_jax.trainers.task import Task
 
 IMAGE_SHAPE = (scenes.CANVAS_SIZE, scenes.CANVAS_SIZE, 3)
 LATENT_FILE = "latent.json"
@@ -127,29 +127,22 @@ def make_train_step(model: AutoencoderKL, tx: optax.GradientTransformation, *, s
     return train_step
 
 
-class AutoencoderTask:
-    """Model, optimizer and data-parallel plumbing described by a (validated) autoencoder config. No I/O."""
+class AutoencoderTask(Task):
+    """The autoencoder of a (validated) autoencoder config, on the shared task plumbing (`Task`). No I/O."""
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
-        self.dp = DataParallel(config.train.parallel)
+        super().__init__(config)
         self.model = build_model(config.model)
         self.latent_shape = latent_shape_of(self.model)
-        t = config.train
-        self.tx = make_optimizer(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, num_steps=t.num_steps,
-                                 weight_decay=t.weight_decay, grad_clip=t.grad_clip)
 
-    def init_state(self) -> TrainState:
-        """A fresh train state (parameters from `seed`, initialised on a 2-example batch)."""
-        params = self.model.init(jax.random.key(self.config.seed), np.zeros((2,) + IMAGE_SHAPE, np.float32))
-        return TrainState.create(params, self.tx)
+    def init_params(self):
+        """Parameters from `seed`, initialised on a 2-example batch."""
+        return self.model.init(jax.random.key(self.config.seed), np.zeros((2,) + IMAGE_SHAPE, np.float32))
 
-    def train_step(self):
-        """The lifted `(device_state, device_batch) -> (device_state, metrics)`."""
+    def make_train_step(self):
         c = self.config
-        return self.dp.lift(make_train_step(self.model, self.tx, seed=c.seed, kl_weight=c.train.kl_weight,
-                                            ema_decay=c.train.ema_decay),
-                            ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
+        return make_train_step(self.model, self.tx, seed=c.seed, kl_weight=c.train.kl_weight,
+                               ema_decay=c.train.ema_decay)
 
     def num_train(self) -> int:
         """Training scenes: `data.num_examples`, or (0) `data.train_copies` per training digit of the source."""
@@ -171,9 +164,8 @@ class AutoencoderTask:
 
     def load_state(self, workdir: str) -> tuple[int, TrainState]:
         """(step, state) of the latest good checkpoint in `workdir` (FileNotFoundError naming it if there is none)."""
-        return restore_latest(os.path.join(workdir, "checkpoints"), jax.eval_shape(self.init_state),
-                              hint=f"(autoencoder): train it first: python -m diffusion_jax.main "
-                                   f"--config=experiments/autoencoder_scenes.py --workdir={workdir}")
+        return super().load_state(workdir, hint=f"(autoencoder): train it first: python -m diffusion_jax.main "
+                                                f"--config=experiments/autoencoder_scenes.py --workdir={workdir}")
 
 
 class Codec:
@@ -310,13 +302,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                                    steps=config.eval.classifier_steps)
     task = AutoencoderTask(config)
     images = task.data("train")["image"]
-    t = config.train
-    state = loop.train_loop(workdir=workdir, dp=task.dp, init_state=task.init_state, train_step=task.train_step(),
-                            get_batch=lambda s: task.train_batch(images, s), num_steps=t.num_steps,
-                            log_every=t.log_every, checkpoint_every=t.checkpoint_every, max_to_keep=t.max_to_keep,
-                            progress=t.progress, description="autoencoder")
+    state = task.train_loop(workdir, lambda s: task.train_batch(images, s), description="autoencoder")
     info = ensure_latent_info(task, workdir, state, images)
-    if t.final_eval:
+    if config.train.final_eval:
         _evaluate(config, workdir, Codec(task.model, state.ema_params, scale=info["scale"], step=info["step"]))
     return state
 

@@ -12,7 +12,6 @@ training captions and saved beside the checkpoints (`workdir/tokenizer.json`) by
 user of a trained CLIP (`load`), reloads it. `ClipTask` does no I/O: it is given its tokenizer.
 """
 import hashlib
-import itertools
 import json
 import os
 from typing import Any, Sequence
@@ -26,21 +25,19 @@ from jax import lax
 
 from diffusion_jax import config as config_lib
 from diffusion_jax import distributed
-from diffusion_jax.checkpoint import restore_latest
 from diffusion_jax.config import ConfigError
+from diffusion_jax import datasets
 from diffusion_jax.data import captioned_digits as cd
 from diffusion_jax.data import mnist, pipeline
 from diffusion_jax.data import scenes
 from diffusion_jax.models.clip import CLIP, POOLS, clamp_logit_scale
-from diffusion_jax.parallel import AXIS, MODES, DataParallel
+from diffusion_jax.parallel import AXIS, MODES
 from diffusion_jax.text.tokenizer import Tokenizer
-from diffusion_jax.trainers import loop
 from diffusion_jax.trainers.contrastive import infonce_loss, sigmoid_loss
-from diffusion_jax.trainers.state import TrainState, apply_gradients, make_optimizer
+from diffusion_jax.trainers.state import TrainState, apply_gradients
+from diffusion_jax.trainers.task import Task
 
-IMAGE_SHAPES = {"captioned_digits": (32, 32, 3), "scenes": (scenes.CANVAS_SIZE, scenes.CANVAS_SIZE, 3)}
-DATASETS = tuple(IMAGE_SHAPES)
-IMAGE_SHAPE = IMAGE_SHAPES["captioned_digits"]
+IMAGE_SHAPE = datasets.CaptionedDigits.image_shape
 
 
 def to_model_images(images_uint8: np.ndarray) -> np.ndarray:
@@ -55,14 +52,12 @@ TOKENIZER_FILE = "tokenizer.json"
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks every value the CLIP task reads; raises ConfigError naming the first bad key."""
     config_lib.check_data_source(config, mnist.SOURCES)
-    config_lib.check_choice(config, "data.dataset", DATASETS)
+    dataset = datasets.check(config)
+    dataset.validate(config)
     config_lib.check_choice(config, "model.pool", POOLS)
     config_lib.check_number(config, "model.stem_stride", 1, 4)
-    if config.data.dataset == "scenes":
-        config_lib.check_number(config, "data.captions_per_image", 1, scenes.MAX_CAPTIONS)
-        config_lib.check_number(config, "data.num_examples", 0)  # 0: train_copies scenes per training digit
     config_lib.check_choice(config, "train.loss", LOSSES)
-    if config.train.hard_negatives and (config.data.dataset != "scenes" or config.train.loss != "infonce"):
+    if config.train.hard_negatives and (dataset.name != "scenes" or config.train.loss != "infonce"):
         raise ConfigError(f"config.train.hard_negatives=True needs config.data.dataset='scenes' and "
                           f"config.train.loss='infonce' (got {config.data.dataset!r}, {config.train.loss!r})")
     if config.train.digit_negatives and not config.train.hard_negatives:
@@ -86,17 +81,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def build_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
     """The vocabulary of the training captions and every canonical prompt (renders the training captions)."""
-    if config.data.dataset == "scenes":
-        captions = scenes.make_dataset("train", seed=config.seed, **mnist.source_args(config.data),
-                                       num_examples=config.data.num_examples or None,
-                                       captions_per_image=config.data.captions_per_image)["captions"].reshape(-1)
-        prompts = [scenes.canonical_caption((d, (d + 1) % 10), (c, (c + 1) % 6), r, numeral=n) for d, c, r, n in
-                   itertools.product(range(10), range(len(cd.COLORS)), scenes.RELATIONS, (True, False))]
-    else:
-        captions = cd.make_dataset("train", seed=config.seed, **mnist.source_args(config.data))["caption"]
-        prompts = [cd.canonical_caption(d, c, l, numeral=n) for d, c, l, n in
-                   itertools.product(range(10), cd.COLORS, cd.LAYOUTS, (True, False))]
-    return Tokenizer.build(list(captions) + prompts, max_length=config.model.max_length)
+    return Tokenizer.build(datasets.get(config.data.dataset).tokenizer_texts(config),
+                           max_length=config.model.max_length)
 
 
 def scene_negatives(captions: Sequence[str], replace_digits: bool = False,
@@ -132,62 +118,53 @@ def load_tokenizer(workdir: str) -> Tokenizer:
     return Tokenizer.load(path)
 
 
-class ClipTask:
-    """Model, optimizer and data-parallel plumbing described by a (validated) CLIP config and its tokenizer."""
+class ClipTask(Task):
+    """The CLIP model of a (validated) CLIP config and its tokenizer, on the shared task plumbing (`Task`)."""
 
     def __init__(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer):
-        self.config = config
+        super().__init__(config)
         self.tokenizer = tokenizer
-        self.image_shape = IMAGE_SHAPES[config.data.dataset]
-        self.dp = DataParallel(config.train.parallel)
+        self.dataset = datasets.get(config.data.dataset)
+        self.image_shape = self.dataset.image_shape
         m = config.model
         self.model = CLIP(vocab_size=tokenizer.vocab_size, max_length=m.max_length, embed_dim=m.embed_dim,
                           image_channels=tuple(m.image_channels), text_width=m.text_width,
                           text_layers=m.text_layers, text_heads=m.text_heads, norm_groups=m.norm_groups,
                           factorize_color=m.factorize_color, image_stem_stride=m.stem_stride, image_pool=m.pool)
-        t = config.train
-        self.tx = make_optimizer(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, num_steps=t.num_steps,
-                                 weight_decay=t.weight_decay, grad_clip=t.grad_clip)
 
-    def init_state(self) -> TrainState:
+    def init_params(self):
         ids = np.zeros((2, self.config.model.max_length), np.int32)
-        params = self.model.init(jax.random.key(self.config.seed), np.zeros((2,) + self.image_shape, np.float32), ids,
-                                 ids > 0)
-        return TrainState.create(params, self.tx)
+        return self.model.init(jax.random.key(self.config.seed), np.zeros((2,) + self.image_shape, np.float32), ids,
+                               ids > 0)
+
+    def make_train_step(self):
+        t = self.config.train
+        return make_train_step(self.model, self.tx, t.ema_decay, t.loss)
 
     def data(self, split: str, model_images: bool = True) -> dict:
-        """One split, tokenized; images as model inputs in [-1, 1] or, with `model_images=False`, as uint8.
+        """One split, tokenized; images as model inputs in [-1, 1] or, with `model_images=False`, as uint8, and what
+        the dataset says of each image (`label_keys`).
 
-        'train' has `config.data.train_copies` examples per training digit (each a different colour and layout).
+        'train' has `config.data.train_copies` examples per training digit (each a different colour and layout), or
+        `data.num_examples`. Several captions an image (scenes): ids/mask [N, K, L], one drawn per step by
+        `train_batch`; with `train.hard_negatives`, also the caption strings, from which `train_batch` writes the
+        negatives of the caption it draws.
         """
-        c = self.config
-        num_train = None
+        c, ds = self.config, self.dataset
+        num = None
         if split == "train":
-            num_train = c.data.train_copies * len(mnist.load_mnist(split="train", **mnist.source_args(c.data))[1])
-        if c.data.dataset == "scenes":
-            return self._scene_data(split, c.data.num_examples or num_train if split == "train" else None,
-                                    model_images)
-        raw = cd.make_dataset(split, seed=c.seed if split == "train" else c.seed + 1, **mnist.source_args(c.data),
-                              num_examples=num_train)
-        ids, mask = self.tokenizer.encode(list(raw["caption"]))
-        images = to_model_images(raw["image"]) if model_images else raw["image"]
-        return {"image": images, "ids": ids, "mask": mask, "digit": raw["digit"],
-                "color": raw["color"], "layout": raw["layout"], "heldout_combo": raw["heldout_combo"]}
-
-    def _scene_data(self, split: str, num_train, model_images: bool) -> dict:
-        """Two-digit scenes: 'train' has `data.captions_per_image` captions per scene (ids/mask [N, K, L], one drawn
-        per step by `train_batch`); with `train.hard_negatives`, also the caption strings, from which `train_batch`
-        writes the negatives of the caption it draws."""
-        c = self.config
-        raw = scenes.make_dataset(split, seed=c.seed if split == "train" else c.seed + 1, **mnist.source_args(c.data),
-                                  num_examples=num_train, captions_per_image=c.data.captions_per_image)
-        n, k = raw["captions"].shape
-        ids, mask = self.tokenizer.encode(list(raw["captions"].reshape(-1)))
-        out = {"image": to_model_images(raw["image"]) if model_images else raw["image"],
-               "ids": ids.reshape(n, k, -1), "mask": mask.reshape(n, k, -1),
-               **{key: raw[key] for key in ("digits", "colors", "relation", "heldout")}}
+            num = c.data.get("num_examples", 0) or (
+                c.data.train_copies * len(mnist.load_mnist(split="train", **mnist.source_args(c.data))[1]))
+        raw = ds.make(c, split, num)
+        captions = ds.captions(raw)
+        n, k = captions.shape
+        ids, mask = self.tokenizer.encode(list(captions.reshape(-1)))
+        if ds.multi_caption:
+            ids, mask = ids.reshape(n, k, -1), mask.reshape(n, k, -1)
+        out = {"image": to_model_images(raw["image"]) if model_images else raw["image"], "ids": ids, "mask": mask,
+               **{key: raw[key] for key in ds.label_keys}}
         if c.train.hard_negatives and split == "train":  # the negatives are written per step (`train_batch`)
-            out["captions"] = raw["captions"]
+            out["captions"] = captions
         return out
 
     def train_batch(self, data: dict, step: int) -> dict:
@@ -256,14 +233,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     task = ClipTask(config, tokenizer)
     data = {k: v for k, v in task.data("train", model_images=False).items()
             if k in ("image", "ids", "mask", "captions")}
-    t = config.train
-    step = task.dp.lift(make_train_step(task.model, task.tx, t.ema_decay, t.loss), ("replicated", "sharded"),
-                        ("replicated", "replicated"), donate_argnums=(0,))
-    state = loop.train_loop(workdir=workdir, dp=task.dp, init_state=task.init_state, train_step=step,
-                            get_batch=lambda s: task.train_batch(data, s),
-                            num_steps=t.num_steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-                            max_to_keep=t.max_to_keep, progress=t.progress, description="clip")
-    if t.final_eval:
+    state = task.train_loop(workdir, lambda s: task.train_batch(data, s), description="clip")
+    if config.train.final_eval:
         _evaluate(config, workdir, Encoder(task, state.ema_params, step=int(np.asarray(state.step))))
     return state
 
@@ -271,8 +242,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 def load_state(task: ClipTask, workdir: str) -> tuple[int, TrainState]:
     """(step, state) of the latest good CLIP checkpoint in `workdir` (FileNotFoundError naming the folder if there is
     none)."""
-    return restore_latest(os.path.join(workdir, "checkpoints"), jax.eval_shape(task.init_state),
-                          hint="(CLIP): train CLIP first (--mode=train)")
+    return task.load_state(workdir, hint="(CLIP): train CLIP first (--mode=train)")
 
 
 # The parameters whose outputs condition a text-to-image U-Net: the text tower's tokens and the projected pooled text.
@@ -389,77 +359,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _evaluate(config: ml_collections.ConfigDict, workdir: str, encoder: Encoder) -> dict:
-    result = (_evaluate_scenes if config.data.dataset == "scenes" else _evaluate_digits)(encoder)
+    result = encoder.task.dataset.clip_eval(encoder)
     if distributed.is_primary():
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump(result, f, indent=2)
     print("clip zero-shot:", " ".join(f"{k} {v:.3f}" for k, v in result.items()))
     return result
-
-
-def _retrieval(images: np.ndarray, captions: np.ndarray) -> dict:
-    """Recall@1/5 both ways on the held-out set with each image's own caption: is the paired item in the top k?"""
-    sim = images @ captions.T
-    result = {}
-    for direction, s in (("image_to_text", sim), ("text_to_image", sim.T)):
-        rank = np.sum(s > np.diag(s)[:, None], axis=1)  # how many items beat the true pair
-        for k in (1, 5):
-            result[f"{direction}_recall@{k}"] = float(np.mean(rank < k))
-    return result
-
-
-def scene_prompts() -> tuple[list, np.ndarray]:
-    """Every scene in its normalised form (relation 'left of' or 'above'; 6,000: digits x ordered colour pairs x
-    2 relations) as canonical captions, and their (d0, d1, c0, c1, relation) [6000, 5]."""
-    combos = np.asarray([(d0, d1, c0, c1, r) for d0, d1, c0, c1, r in itertools.product(
-        range(10), range(10), range(len(cd.COLORS)), range(len(cd.COLORS)), (0, 2)) if c0 != c1])
-    return [scenes.canonical_caption(c[:2], c[2:4], c[4]) for c in combos], combos
-
-
-def _evaluate_scenes(encoder: Encoder) -> dict:
-    """Zero-shot scene reading (6,000-way over normalised scene prompts: both digits, both colours, relation),
-    retrieval, and the binding test: on held-out images the true caption must outscore each hard negative."""
-    ev = encoder.task.data("test")
-    images = encoder.images(ev["image"])
-    prompts, combos = scene_prompts()
-    pred = combos[np.argmax(images @ encoder.embed_texts(prompts)[0].T, axis=1)]
-    want = np.asarray([np.concatenate([d, c, [r]]) for d, c, r in
-                       (scenes.normalize(*s) for s in zip(ev["digits"], ev["colors"], ev["relation"]))])
-    correct = {"digits": np.all(pred[:, :2] == want[:, :2], 1), "colors": np.all(pred[:, 2:4] == want[:, 2:4], 1),
-               "relation": pred[:, 4] == want[:, 4]}
-    correct["all"] = correct["digits"] & correct["colors"] & correct["relation"]
-    true_captions = [scenes.canonical_caption(*s) for s in zip(ev["digits"], ev["colors"], ev["relation"])]
-    true_emb = encoder.embed_texts(true_captions)[0]
-    true_score = np.sum(images * true_emb, -1)
-    beats = {}
-    for kind in scenes.HARD_NEGATIVE_KINDS:
-        negatives = [scenes.hard_negatives(*s)[kind] for s in zip(ev["digits"], ev["colors"], ev["relation"])]
-        valid = np.asarray([n is not None for n in negatives])
-        neg_emb = encoder.embed_texts([n or t for n, t in zip(negatives, true_captions)])[0]
-        beats[kind] = np.where(valid, true_score > np.sum(images * neg_emb, -1), True)
-        beats[kind + "_valid"] = valid
-    beats_all = np.all([beats[k] for k in scenes.HARD_NEGATIVE_KINDS], axis=0)
-    result = {}
-    for name, subset in (("seen", ~ev["heldout"]), ("heldout", ev["heldout"])):
-        for attr, ok in correct.items():
-            result[f"{name}_zero_shot_{attr}_accuracy"] = float(np.mean(ok[subset]))
-        for kind in scenes.HARD_NEGATIVE_KINDS:
-            counted = subset & beats[kind + "_valid"]
-            result[f"{name}_binding_{kind}_accuracy"] = float(np.mean(beats[kind][counted]))
-        result[f"{name}_binding_all_accuracy"] = float(np.mean(beats_all[subset]))
-    captions = encoder.text(ev["ids"][:, 0], ev["mask"][:, 0])[0]
-    return {**result, **_retrieval(images, captions)}
-
-
-def _evaluate_digits(encoder: Encoder) -> dict:
-    combos = list(itertools.product(range(10), range(len(cd.COLORS)), range(len(cd.LAYOUTS))))
-    prompts = [cd.canonical_caption(d, cd.COLORS[c], cd.LAYOUTS[l]) for d, c, l in combos]
-    text = encoder.embed_texts(prompts)[0]
-    ev = encoder.task.data("test")
-    images = encoder.images(ev["image"])
-    pred = np.asarray(combos)[np.argmax(images @ text.T, axis=1)]
-    result = {}
-    for name, subset in (("seen", ~ev["heldout_combo"]), ("heldout", ev["heldout_combo"])):
-        for i, attr in enumerate(("digit", "color", "layout")):
-            result[f"{name}_{attr}_accuracy"] = float(np.mean(pred[subset, i] == ev[attr][subset]))
-    return {**result, **_retrieval(images, encoder.text(ev["ids"], ev["mask"])[0])}

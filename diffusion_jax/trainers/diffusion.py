@@ -1,9 +1,11 @@
-"""Noise-prediction diffusion training and sampling under a condition: a class label (phases 1, 2) or a text (4).
+"""Diffusion training and sampling under a condition: a class label (phases 1, 2) or a text (4).
 
 `make_train_step` is the one per-device train step (lifted by `DataParallel`); `make_sampler` the one per-device
-sampler (a `lax.scan` chain with classifier-free guidance). Both are pure. `DiffusionTask` is the one task built
-on them (model, schedule, optimizer, lifted step, cached samplers, state loader, training through the shared loop);
-the task modules (`digits.py`, `txt2img.py`) only bring the data, the condition and their evaluation.
+sampler (a `lax.scan` chain with classifier-free guidance). Both are pure and take the objective as one object
+(`diffusion/process.py`: VP diffusion with eps/v targets, or rectified flow) and any backbone of the registry
+(`models/__init__.py`: U-Net, DiT, MMDiT, chosen by `model.name`). `DiffusionTask` is the one task built on them
+(backbone, process, optimizer, lifted step, cached samplers, state loader, training through the shared loop); the
+task modules (`digits.py`, `txt2img.py`) only bring the data, the condition and their evaluation.
 
 The condition is any pytree whose leaves have a leading batch axis: int labels [B] for digits, the frozen CLIP
 text tower's outputs {'tokens': [B, L, W], 'mask': [B, L], 'pooled': [B, D]} for text. `null_cond` is ONE example's
@@ -21,27 +23,22 @@ from jax import lax
 
 from diffusion_jax import config as config_lib
 from diffusion_jax import distributed
-from diffusion_jax.checkpoint import restore_latest
 from diffusion_jax.config import ConfigError
 from diffusion_jax.data import mnist, pipeline
-from diffusion_jax.diffusion import losses, samplers, schedules
+from diffusion_jax.diffusion import process as process_lib
+from diffusion_jax.diffusion import samplers, schedules
 from diffusion_jax.images import save_grid
-from diffusion_jax.models.layers import ATTENTION_IMPLEMENTATIONS
-from diffusion_jax.models.unet import UNet
-from diffusion_jax.parallel import AXIS, MODES, DataParallel
-from diffusion_jax.trainers import loop
-from diffusion_jax.trainers.state import TrainState, apply_gradients, make_optimizer
+from diffusion_jax import models
+from diffusion_jax.parallel import AXIS, MODES
+from diffusion_jax.trainers.state import TrainState, apply_gradients
+from diffusion_jax.trainers.task import Task
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+Process = Any  # process_lib.VP | process_lib.Flow
 
 
-def build_unet(model_config, *, num_classes: Optional[int], out_channels: int, text: bool = False) -> UNet:
-    """The U-Net described by the `model` config group (explicit fields: the model never reads the config)."""
-    return UNet(channels=tuple(model_config.channels), num_res_blocks=model_config.num_res_blocks,
-                attention_resolutions=tuple(model_config.attention_resolutions), num_classes=num_classes, text=text,
-                out_channels=out_channels, patch_size=model_config.patch_size, dropout=model_config.dropout,
-                num_heads=model_config.num_heads, norm_groups=model_config.norm_groups,
-                dtype=_DTYPES[model_config.dtype], attention=model_config.get("attention", "deferred"))
+def build_model(model_config, *, num_classes: Optional[int], out_channels: int, text: bool = False) -> Any:
+    """The backbone the `model` config group describes (`model.name`, default 'unet'; `models.build`)."""
+    return models.build(model_config, num_classes=num_classes, out_channels=out_channels, text=text)
 
 
 def example_keys(key: jax.Array, batch_size: int) -> jax.Array:
@@ -67,21 +64,19 @@ def drop_condition(cond: Any, null_cond: Any, drop: jax.Array) -> Any:
     return jax.tree.map(pick, cond, null_cond)
 
 
-def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.GradientTransformation, *, seed: int,
-                    prediction: str, cond_dropout: float, ema_decay: float, null_cond: Any = None,
-                    loss_weighting: str = "none", snr_gamma: float = 5.0) -> Callable:
+def make_train_step(model: Any, process: Process, tx: optax.GradientTransformation, *, seed: int,
+                    cond_dropout: float, ema_decay: float, null_cond: Any = None) -> Callable:
     """Per-device `(state, batch) -> (state, metrics)` for batch {'image': [b,H,W,C] f32, 'cond': pytree [b, ...]}.
 
-    Noise generator: t ~ U{0..T-1}, ε ~ N(0, I), x_t = q_sample(x0, t, ε); the condition is replaced by `null_cond`
-    (default: the null class `model.num_classes`) with probability `cond_dropout` (classifier-free guidance
-    training). Loss: MSE between the prediction and the eps (or v) target, weighted per example by
-    `schedules.loss_weight` (`loss_weighting`: none | min_snr, with `snr_gamma`). Gradients and metrics are averaged
-    over the device axis. Keys: (seed, step, example) for the noise, (seed, step, device) for dropout.
+    Noise generator: a noise level t per example from the `process` (VP: t ~ U{0..T-1}; flow: t in (0, 1)),
+    ε ~ N(0, I), x_t = process.noisy(x0, t, ε); the condition is replaced by `null_cond` (default: the null class
+    `model.num_classes`) with probability `cond_dropout` (classifier-free guidance training). Loss: the process's MSE
+    between the prediction and its target (VP: eps or v, optionally Min-SNR weighted; flow: the velocity ε - x0).
+    Gradients and metrics are averaged over the device axis. Keys: (seed, step, example) for the noise, (seed, step,
+    device) for dropout.
     """
     if null_cond is None:
         null_cond = np.int32(model.num_classes)
-    schedules.check_loss_weighting(loss_weighting)
-    num_t = schedule.num_steps
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         x0 = batch["image"]
@@ -91,22 +86,19 @@ def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.Gradien
 
         def draw(k):
             kt, kn, kd = jax.random.split(k, 3)
-            return (jax.random.randint(kt, (), 0, num_t), jax.random.normal(kn, x0.shape[1:]),
+            return (process.draw_time(kt), jax.random.normal(kn, x0.shape[1:]),
                     jax.random.bernoulli(kd, cond_dropout))
 
         with jax.named_scope("noise"):  # scopes name the ops for profiling.profile; they change no numbers
             t, noise, drop = jax.vmap(draw)(keys)
             cond = drop_condition(batch["cond"], null_cond, drop)
-            x_t = schedules.q_sample(schedule, x0, t, noise)
-            target = schedules.prediction_target(schedule, x0, t, noise, prediction)
+            x_t = process.noisy(x0, t, noise)
+            target = process.target(x0, t, noise)
         dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 1), lax.axis_index(AXIS))
-        weights = schedules.loss_weight(schedule, t, prediction, loss_weighting, snr_gamma)
 
         def loss_fn(params):
-            pred = model.apply(params, x_t, t, cond, train=True, rngs={"dropout": dropout_key})
-            if loss_weighting == "none":  # the plain mean: bitwise the loss of runs made before weighting existed
-                return losses.noise_mse(pred, target)
-            return losses.weighted_noise_mse(pred, target, weights)
+            pred = model.apply(params, x_t, process.model_time(t), cond, train=True, rngs={"dropout": dropout_key})
+            return process.loss(pred, target, t)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         grads = lax.pmean(grads, AXIS)
@@ -118,28 +110,27 @@ def make_train_step(model: UNet, schedule: schedules.Schedule, tx: optax.Gradien
     return train_step
 
 
-def make_sampler(model: UNet, schedule: schedules.Schedule, image_shape, *, sampler: str, steps: int, eta: float,
-                 prediction: str, clip_x0: bool = True, null_cond: Any = None,
+def make_sampler(model: Any, process: Process, image_shape, *, sampler: str, steps: int, eta: float,
+                 clip_x0: bool = True, null_cond: Any = None,
                  guidance_interval: Sequence[float] = (0.0, 1.0)) -> Callable:
     """Per-device `(params, cond [b, ...], keys [b], guidance) -> images [b,H,W,C]` with classifier-free guidance.
 
     `null_cond` is one example's null condition (default: the null class). The guidance scale is a traced argument:
     changing it does not recompile. The step count is static, as is `guidance_interval` (lo, hi): guidance applies
-    where the timestep t is in [lo T, hi T] of the T training timesteps, the conditional prediction elsewhere
-    (`samplers.classifier_free_guidance`); (0, 1), every step, is the same program as before the knob existed.
+    where the noise level is in [lo, hi] of its range (VP: t in [lo T, hi T]; flow: t in [lo, hi]), the conditional
+    prediction elsewhere (`samplers.classifier_free_guidance`); (0, 1), every step, is the same program as before the
+    knob existed. The `process` runs its own samplers (`process.sample`).
     """
     if null_cond is None:
         null_cond = np.int32(model.num_classes)
     image_shape = tuple(image_shape)
-    lo, hi = (float(v) for v in guidance_interval)
-    interval = None if (lo, hi) == (0.0, 1.0) else (lo * schedule.num_steps, hi * schedule.num_steps)
+    interval = process_lib.guidance_interval(process, guidance_interval)
 
     def draw(params, cond, keys, guidance):
         apply = lambda x, t, c: model.apply(params, x, t, c)  # noqa: E731
         null = _broadcast(null_cond, keys.shape[0])
         model_fn = samplers.classifier_free_guidance(apply, cond, null, guidance, interval)
-        return samplers.sample(sampler, model_fn, schedule, keys, image_shape, steps=steps, eta=eta,
-                               prediction=prediction, clip_x0=clip_x0)
+        return process.sample(sampler, model_fn, keys, image_shape, steps=steps, eta=eta, clip_x0=clip_x0)
 
     return draw
 
@@ -151,12 +142,11 @@ class Sampler:
     guidance), not on the device count or chunk size.
     """
 
-    def __init__(self, dp: DataParallel, model: UNet, schedule: schedules.Schedule, image_shape, *, sampler: str,
-                 steps: int, eta: float, prediction: str, batch_size: int, null_cond: Any = None,
-                 clip_x0: bool = True, guidance_interval: Sequence[float] = (0.0, 1.0)):
-        per_device = make_sampler(model, schedule, image_shape, sampler=sampler, steps=steps, eta=eta,
-                                  prediction=prediction, null_cond=null_cond, clip_x0=clip_x0,
-                                  guidance_interval=guidance_interval)
+    def __init__(self, dp, model: Any, process: Process, image_shape, *, sampler: str, steps: int, eta: float,
+                 batch_size: int, null_cond: Any = None, clip_x0: bool = True,
+                 guidance_interval: Sequence[float] = (0.0, 1.0)):
+        per_device = make_sampler(model, process, image_shape, sampler=sampler, steps=steps, eta=eta,
+                                  null_cond=null_cond, clip_x0=clip_x0, guidance_interval=guidance_interval)
         self.dp = dp
         self.chunk = -(-batch_size // dp.num_devices) * dp.num_devices
         self._draw = dp.lift(per_device, ("replicated", "sharded", "sharded", "replicated"), "sharded")
@@ -186,40 +176,42 @@ def validate_diffusion_config(config, *, image_size: int, positive: Sequence[str
     """Checks the keys every diffusion task reads (`DiffusionTask`), plus the task's own `positive` integer keys."""
     check = config_lib
     check.check_data_source(config, mnist.SOURCES)
-    check.check_choice(config, "diffusion.schedule", schedules.SCHEDULES)
-    check.check_choice(config, "diffusion.prediction", schedules.PREDICTIONS)
-    check.check_choice(config, "diffusion.loss_weighting", schedules.LOSS_WEIGHTINGS)
-    check.check_choice(config, "sample.sampler", samplers.SAMPLERS)
+    check.check_choice(config, "diffusion.process", process_lib.PROCESSES)
+    flow = config.diffusion.process == "flow"
     check.check_choice(config, "train.parallel", MODES)
-    check.check_choice(config, "model.dtype", tuple(_DTYPES))
-    if "attention" in config.model:
-        check.check_choice(config, "model.attention", ATTENTION_IMPLEMENTATIONS)
-    for key in ("diffusion.num_steps", "train.num_steps", "train.batch_size", "train.log_every",
-                "train.checkpoint_every", "train.max_to_keep", "sample.steps", "sample.batch_size",
-                "model.num_res_blocks", "model.patch_size", "model.num_heads", "model.norm_groups",
-                "eval.classifier_steps", *positive):
+    for key in ("train.num_steps", "train.batch_size", "train.log_every", "train.checkpoint_every",
+                "train.max_to_keep", "sample.steps", "sample.batch_size", "eval.classifier_steps", *positive):
         check.check_number(config, key)
-    for key in ("train.learning_rate", "train.grad_clip", "diffusion.snr_gamma"):
+    for key in ("train.learning_rate", "train.grad_clip"):
         check.check_number(config, key, minimum=1e-12)
     for key in ("train.warmup_steps", "train.weight_decay", "train.sample_every", "sample.eta", "sample.guidance"):
         check.check_number(config, key, minimum=0)
-    for key in ("diffusion.cond_dropout", "model.dropout", "train.ema_decay"):
+    for key in ("diffusion.cond_dropout", "train.ema_decay"):
         check.check_number(config, key, minimum=0.0, maximum=1.0)
-    if not config.model.channels or any(int(ch) < 1 for ch in config.model.channels):
-        raise ConfigError(f"config.model.channels={tuple(config.model.channels)!r} must be positive widths")
-    if config.sample.steps > config.diffusion.num_steps:
-        raise ConfigError(f"config.sample.steps={config.sample.steps} exceeds the training timesteps "
-                          f"config.diffusion.num_steps={config.diffusion.num_steps}")
-    levels = len(config.model.channels)
-    if image_size % (config.model.patch_size * 2 ** (levels - 1)):
-        raise ConfigError(f"config.model.patch_size={config.model.patch_size} with {levels} "
-                          f"levels does not divide the {image_size}x{image_size} images evenly")
-    sizes = [image_size // config.model.patch_size // 2 ** level for level in range(levels)]
-    unknown = [r for r in config.model.attention_resolutions if r not in sizes]
-    if unknown:  # a size no level has would silently drop the attention
-        raise ConfigError(f"config.model.attention_resolutions={tuple(config.model.attention_resolutions)!r}: "
-                          f"{unknown} is not the size of a U-Net level; the levels run at {sizes} (the "
-                          f"{image_size}x{image_size} input / patch {config.model.patch_size} / 2 per level)")
+    if flow:
+        check.check_choice(config, "diffusion.time_sampling", process_lib.TIME_SAMPLINGS)
+        check.check_number(config, "diffusion.logit_mean", minimum=-float("inf"))
+        check.check_number(config, "diffusion.logit_std", minimum=1e-12)
+        check.check_number(config, "diffusion.shift", minimum=1e-12)
+        if config.diffusion.get("loss_weighting", "none") != "none":
+            raise ConfigError(f"config.diffusion.loss_weighting={config.diffusion.loss_weighting!r} weights the VP "
+                              "process's timesteps; config.diffusion.process='flow' takes 'none'")
+    else:
+        check.check_choice(config, "diffusion.schedule", schedules.SCHEDULES)
+        check.check_choice(config, "diffusion.prediction", schedules.PREDICTIONS)
+        check.check_choice(config, "diffusion.loss_weighting", schedules.LOSS_WEIGHTINGS)
+        check.check_number(config, "diffusion.num_steps")
+        check.check_number(config, "diffusion.snr_gamma", minimum=1e-12)
+        if config.sample.steps > config.diffusion.num_steps:
+            raise ConfigError(f"config.sample.steps={config.sample.steps} exceeds the training timesteps "
+                              f"config.diffusion.num_steps={config.diffusion.num_steps}")
+    usable = samplers.FLOW_SAMPLERS if flow else tuple(samplers.SAMPLERS)
+    if config.sample.sampler not in usable:
+        other = config.sample.sampler in samplers.FLOW_SAMPLERS + tuple(samplers.SAMPLERS)
+        raise ConfigError(f"config.sample.sampler={config.sample.sampler!r} does not apply to config.diffusion."
+                          f"process={config.diffusion.process!r}; use one of {usable}" if other else
+                          f"config.sample.sampler={config.sample.sampler!r} is not one of {usable}")
+    models.validate(config, image_size)
     interval = tuple(config.sample.guidance_interval)
     if (len(interval) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
             or not 0.0 <= interval[0] < interval[1] <= 1.0):
@@ -231,8 +223,8 @@ def validate_diffusion_config(config, *, image_size: int, positive: Sequence[str
     check.check_npz_path(config, "sample.output")
 
 
-class DiffusionTask:
-    """The U-Net, schedule, optimizer and data-parallel plumbing one diffusion config describes, under a condition.
+class DiffusionTask(Task):
+    """The backbone, process, optimizer and data-parallel plumbing one diffusion config describes, under a condition.
 
     The condition is the parameter that tells the tasks apart: `null_cond` is ONE example's "no condition", and its
     structure, shapes and dtypes are those of every example's condition. Digits pass the null class (`num_classes`
@@ -248,38 +240,25 @@ class DiffusionTask:
                  null_cond: Any = None, clip_x0: bool = True):
         if null_cond is None and num_classes is None:
             raise ValueError("DiffusionTask needs num_classes (label condition) or null_cond (any other condition)")
-        self.config = config
+        super().__init__(config)
         self.image_shape = tuple(image_shape)
         self.null_cond = np.int32(num_classes) if null_cond is None else null_cond
-        self.dp = DataParallel(config.train.parallel)
-        self.model = build_unet(config.model, num_classes=num_classes, out_channels=self.image_shape[-1],
-                                text=num_classes is None)
-        self.schedule = schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
-        t = config.train
-        self.tx = make_optimizer(learning_rate=t.learning_rate, warmup_steps=t.warmup_steps, num_steps=t.num_steps,
-                                 weight_decay=t.weight_decay, grad_clip=t.grad_clip)
+        self.model = build_model(config.model, num_classes=num_classes, out_channels=self.image_shape[-1],
+                                 text=num_classes is None)
+        self.process = process_lib.make_process(config.diffusion)
         self.clip_x0 = clip_x0
         self._samplers: dict[int, Sampler] = {}
-        self._train_step: Optional[Callable] = None
 
-    def init_state(self) -> TrainState:
-        """A fresh train state (parameters from `seed`; initialised on a 2-example batch, which is cheap)."""
+    def init_params(self) -> Any:
+        """Parameters from `seed`, initialised on a 2-example batch (cheap)."""
         x = np.zeros((2,) + self.image_shape, np.float32)
         cond = jax.tree.map(lambda n: np.broadcast_to(np.asarray(n), (2,) + np.shape(n)), self.null_cond)
-        params = self.model.init(jax.random.key(self.config.seed), x, np.zeros(2, np.int32), cond)
-        return TrainState.create(params, self.tx)
+        return self.model.init(jax.random.key(self.config.seed), x, np.zeros(2, np.int32), cond)
 
-    def train_step(self) -> Callable:
-        """The lifted `(device_state, device_batch) -> (device_state, metrics)`, built (and compiled) once."""
-        if self._train_step is None:
-            c = self.config
-            self._train_step = self.dp.lift(
-                make_train_step(self.model, self.schedule, self.tx, seed=c.seed, prediction=c.diffusion.prediction,
-                                cond_dropout=c.diffusion.cond_dropout, loss_weighting=c.diffusion.loss_weighting,
-                                snr_gamma=c.diffusion.snr_gamma, ema_decay=c.train.ema_decay,
-                                null_cond=self.null_cond),
-                ("replicated", "sharded"), ("replicated", "replicated"), donate_argnums=(0,))
-        return self._train_step
+    def make_train_step(self) -> Callable:
+        c = self.config
+        return make_train_step(self.model, self.process, self.tx, seed=c.seed, cond_dropout=c.diffusion.cond_dropout,
+                               ema_decay=c.train.ema_decay, null_cond=self.null_cond)
 
     def sampler(self, batch_size: Optional[int] = None) -> "Sampler":
         """The configured sampler drawing `batch_size` (default `sample.batch_size`) images per compiled call.
@@ -289,21 +268,15 @@ class DiffusionTask:
         s = self.config.sample
         chunk = -(-(batch_size or s.batch_size) // self.dp.num_devices) * self.dp.num_devices
         if chunk not in self._samplers:
-            self._samplers[chunk] = Sampler(self.dp, self.model, self.schedule, self.image_shape, sampler=s.sampler,
-                                            steps=s.steps, eta=s.eta, prediction=self.config.diffusion.prediction,
-                                            batch_size=chunk, null_cond=self.null_cond, clip_x0=self.clip_x0,
-                                            guidance_interval=tuple(s.guidance_interval))
+            self._samplers[chunk] = Sampler(self.dp, self.model, self.process, self.image_shape, sampler=s.sampler,
+                                            steps=s.steps, eta=s.eta, batch_size=chunk, null_cond=self.null_cond,
+                                            clip_x0=self.clip_x0, guidance_interval=tuple(s.guidance_interval))
         return self._samplers[chunk]
 
     def sampler_for(self, n: int) -> "Sampler":
         """The sampler for drawing `n` images: chunks of the next power of two >= n, at most `sample.batch_size`, so
         calls with varying counts compile once per bucket, not once per count."""
         return self.sampler(pipeline.bucket_size(n, self.config.sample.batch_size))
-
-    def load_state(self, workdir: str, hint: str) -> tuple[int, TrainState]:
-        """(step, state) of the newest good checkpoint in `workdir/checkpoints`; FileNotFoundError naming the folder
-        and `hint` (what to run first) when there is none. A checkpoint of another model is refused, leaves named."""
-        return restore_latest(os.path.join(workdir, "checkpoints"), jax.eval_shape(self.init_state), hint=hint)
 
     def load_for_sampling(self, workdir: str, what: str) -> tuple[int, TrainState]:
         """(step, state) of the newest good checkpoint of `sample.checkpoint_workdir` ("" = this run's `workdir`).
@@ -340,10 +313,7 @@ class DiffusionTask:
                     save_grid(os.path.join(workdir, "samples", f"step_{step:06d}.png"),
                               to_images(images), grid_rows, row_titles=grid_titles)
             hooks = ((t.sample_every, sample_grid),)
-        return loop.train_loop(workdir=workdir, dp=self.dp, init_state=self.init_state, train_step=self.train_step(),
-                               get_batch=get_batch, num_steps=t.num_steps, log_every=t.log_every,
-                               checkpoint_every=t.checkpoint_every, max_to_keep=t.max_to_keep, hooks=hooks,
-                               progress=t.progress, description=description)
+        return self.train_loop(workdir, get_batch, description=description, hooks=hooks)
 
     def params_for_sampling(self, state: TrainState) -> Any:
         """The weights sampling uses (EMA if `sample.use_ema`), placed on the devices."""

@@ -30,7 +30,6 @@ Everything a run makes lives in its workdir:
   eval.json, samples/eval_guidance_*.png   --mode=eval (also after training when train.final_eval)
 """
 import dataclasses
-import itertools
 import json
 import os
 import time
@@ -45,26 +44,18 @@ from diffusion_jax import config as config_lib
 from diffusion_jax import distributed
 from diffusion_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from diffusion_jax.config import ConfigError
-from diffusion_jax.data import captioned_digits as cd
-from diffusion_jax.data import mnist, pipeline, scenes
+from diffusion_jax import datasets
+from diffusion_jax.data import mnist, pipeline
 from diffusion_jax.evaluation import classifier as classifier_lib
-from diffusion_jax.evaluation import scenes as scene_checks
 from diffusion_jax.evaluation import txt2img as checks
 from diffusion_jax.images import save_grid, write_samples
 from diffusion_jax.trainers import autoencoder, clip, diffusion
 from diffusion_jax.trainers.state import TrainState
 
-IMAGE_SHAPES = clip.IMAGE_SHAPES  # by config.data.dataset
-IMAGE_SHAPE = IMAGE_SHAPES["captioned_digits"]
+IMAGE_SHAPE = datasets.CaptionedDigits.image_shape
 SPACES = ("pixel", "latent")
 SPACE_FILE = "latent_space.json"
 CLIP_FILE = "clip.json"
-# Prompts of the grids drawn during training: every digit once, seen and held-out (digit, colour) pairs, all layouts.
-GRID_PROMPTS = tuple(cd.canonical_caption(d, cd.COLORS[(d + k) % 6], cd.LAYOUTS[(d + k) % 5])
-                     for d in range(10) for k in (0, 3))
-# Scenes: every digit on each side, every relation, seen and held-out pairs.
-SCENE_GRID_PROMPTS = tuple(scenes.canonical_caption((d, (d + 3) % 10), ((d + k) % 6, (d + k + 1) % 6), (d + k) % 4)
-                           for d in range(10) for k in (0, 2))
 
 
 class PromptError(ConfigError):
@@ -74,14 +65,14 @@ class PromptError(ConfigError):
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks every value the text-to-image task reads (and its CLIP and autoencoder configs); raises ConfigError
     naming the key."""
-    config_lib.check_choice(config, "data.dataset", clip.DATASETS)
+    dataset = datasets.check(config)
     config_lib.check_choice(config, "diffusion.space", SPACES)
     if config.clip.data.dataset != config.data.dataset:
         raise ConfigError(f"config.clip.data.dataset={config.clip.data.dataset!r} differs from config.data.dataset="
                           f"{config.data.dataset!r}: the frozen CLIP must know the captions of the data")
-    size = IMAGE_SHAPES[config.data.dataset][0]
+    size = dataset.image_shape[0]
     if config.diffusion.space == "latent":
-        if config.data.dataset != "scenes":
+        if dataset.name != "scenes":
             raise ConfigError("config.diffusion.space='latent' needs config.data.dataset='scenes' (the autoencoder "
                               "is trained on scenes)")
         config_lib.nested("autoencoder", autoencoder.validate_config, config)
@@ -89,10 +80,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     diffusion.validate_diffusion_config(config, image_size=size,
                                         positive=("sample.num_per_prompt", "eval.num_per_prompt"))
     config_lib.check_number(config, "data.train_copies", 1, 25)  # a digit has 25 colour x layout combinations
-    if config.data.dataset == "scenes":
-        config_lib.check_number(config, "data.captions_per_image", 1, scenes.MAX_CAPTIONS)
-        config_lib.check_number(config, "eval.num_prompts", 2)  # the first N held-out test scenes
-        config_lib.check_number(config, "data.num_examples", 0)  # 0: train_copies scenes per training digit
+    dataset.validate(config)
+    if "num_prompts" in config.eval:
+        config_lib.check_number(config, "eval.num_prompts", 2)  # scenes: the first N held-out test scenes
     if any(g < 0 for g in config.eval.guidance_scales):
         raise ConfigError(f"config.eval.guidance_scales={tuple(config.eval.guidance_scales)} must be >= 0")
     config_lib.nested("clip", clip.validate_config, config)
@@ -290,7 +280,7 @@ class Pipeline:
         cw = clip_workdir(config, workdir, unet_workdir)
         encoder = clip.load(config.clip, cw)
         codec, aw = None, ""
-        shape = IMAGE_SHAPES[config.data.dataset]
+        shape = datasets.get(config.data.dataset).image_shape
         if config.diffusion.space == "latent":
             aw = autoencoder_workdir(config, workdir, unet_workdir)
             codec = autoencoder.load(config.autoencoder, aw)
@@ -315,6 +305,11 @@ class Pipeline:
         return self.task.config
 
     @property
+    def dataset(self):
+        """The dataset object of `data.dataset` (`datasets.py`): prompts, parser, evaluator."""
+        return datasets.get(self.config.data.dataset)
+
+    @property
     def space(self) -> dict:
         """What `check_space` records: {'space': 'pixel'} or the autoencoder's latent shape and scale."""
         return {"space": "latent", **self.codec.fingerprint()} if self.codec else {"space": "pixel"}
@@ -330,17 +325,15 @@ class Pipeline:
         (`scenes.parse_prompt`): one object or three, an unknown relation or colour, the same colour twice are
         PromptErrors naming the prompt.
         """
-        scene = self.config.data.dataset == "scenes"
-        example = (scenes.canonical_caption((3, 7), ("red", "blue"), "left of") if scene
-                   else cd.canonical_caption(3, 'red', 'top left'))
+        ds = self.dataset
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
-                raise PromptError(f"prompt {i} ({p!r}) is empty or not a string: write a caption such as {example!r}")
-            if scene:
-                try:
-                    scenes.parse_prompt(p)
-                except ValueError as e:
-                    raise PromptError(str(e)) from None
+                raise PromptError(f"prompt {i} ({p!r}) is empty or not a string: write a caption such as "
+                                  f"{ds.example_prompt!r}")
+            try:
+                ds.parse_prompt(p)
+            except ValueError as e:
+                raise PromptError(str(e)) from None
         try:
             ids, mask = self.encoder.tokenizer.encode(list(prompts))
         except (ValueError, TypeError) as e:
@@ -353,15 +346,8 @@ class Pipeline:
         in latent space their scaled latents float32 (encoded once)."""
         c = self.config
         num_digits = len(mnist.load_mnist(split="train", **mnist.source_args(c.data))[1])
-        if c.data.dataset == "scenes":
-            raw = scenes.make_dataset("train", seed=c.seed, **mnist.source_args(c.data),
-                                      num_examples=c.data.num_examples or c.data.train_copies * num_digits,
-                                      captions_per_image=c.data.captions_per_image)
-            captions = raw["captions"]
-        else:
-            raw = cd.make_dataset("train", seed=c.seed, **mnist.source_args(c.data),
-                                  num_examples=c.data.train_copies * num_digits)
-            captions = raw["caption"][:, None]
+        raw = self.dataset.make(c, "train", c.data.get("num_examples", 0) or c.data.train_copies * num_digits)
+        captions = self.dataset.captions(raw)
         images = raw["image"]
         if self.codec is not None:
             start = time.time()
@@ -419,7 +405,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     model.check(workdir, record=True)
     pairs, images = model.train_data()
     t = config.train
-    titles = SCENE_GRID_PROMPTS if config.data.dataset == "scenes" else GRID_PROMPTS
+    titles = model.dataset.grid_prompts
     grid_prompts = [p for p in titles for _ in range(4)]
     state = model.task.train(
         workdir, lambda step: to_batch(pipeline.get_batch(pairs, t.batch_size, config.seed, step), images),
@@ -495,15 +481,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     return path
 
 
-def canonical_prompts() -> tuple[list, np.ndarray]:
-    """All 300 canonical prompts (digit x colour x layout) and their (digit, colour, layout) indices [300, 3]."""
-    combos = np.asarray(list(itertools.product(range(10), range(len(cd.COLORS)), range(len(cd.LAYOUTS)))))
-    return [cd.canonical_caption(int(d), cd.COLORS[c], cd.LAYOUTS[l]) for d, c, l in combos], combos
-
-
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Draws `eval.num_per_prompt` images for each of the 300 canonical prompts at each guidance scale and checks
-    digit, colour and layout (seen vs held-out pairs), the CLIP score and the per-prompt diversity."""
+    """Draws `eval.num_per_prompt` images for each of the dataset's evaluation prompts at each guidance scale and
+    reads them with its checker (`_evaluate`)."""
     validate_config(config)
     classifier_lib.check_cache(os.path.join(workdir, "classifier"), seed=config.seed,
                                steps=config.eval.classifier_steps)
@@ -536,104 +516,57 @@ def _write_eval(workdir: str, result: dict, config: ml_collections.ConfigDict) -
 
 
 def _evaluate(model: Pipeline, state: TrainState, *, workdir: str) -> dict:
-    if model.config.data.dataset == "scenes":
-        return _evaluate_scenes(model, workdir, state)
-    config, task = model.config, model.task
+    """Draws `eval.num_per_prompt` images for each evaluation prompt of the dataset (`eval_set`: captioned digits,
+    all 300 canonical prompts; scenes, the first `eval.num_prompts` held-out test scenes' captions) at each guidance
+    scale and reads them with the dataset's checker (`score`): per attribute, seen vs held-out pairs, beside the
+    checker's ceiling on real images; also the CLIP score (and, one caption an image, the per-prompt diversity)."""
+    config, task, ds = model.config, model.task, model.dataset
     e = config.eval
-    prompts, combos = canonical_prompts()
-    k = e.num_per_prompt
-    combos = np.repeat(combos, k, axis=0)
-    heldout = np.asarray([cd.is_heldout(int(d), int(c)) for d, c, _ in combos])
-    cond = jax.tree.map(lambda a: np.repeat(a, k, axis=0), model.prompt_condition(prompts))
-    text_emb = cond["pooled"]
-    classifier = _classifier(config, workdir, model.autoencoder_workdir)
-    real = cd.make_dataset("test", seed=config.seed + 1, **mnist.source_args(config.data))
-    ceiling = checks.check_real_ceiling(classifier, real)
-    real_clip = np.sum(model.encoder.embed_images(real["image"])
-                       * model.prompt_condition([cd.canonical_caption(d, c, l) for d, c, l in
-                                                zip(real["digit"], real["color"], real["layout"])])["pooled"], -1)
-    result = {"checker_on_real_images": ceiling, "real_clip_score": float(real_clip.mean()), "guidance": {}}
-    params = task.params_for_sampling(state)
-    sampler = task.sampler(batch_size=min(config.sample.batch_size, len(prompts)))
-    scales = sorted({float(g) for g in e.guidance_scales} | {float(config.sample.guidance)})
-    for g in scales:
-        start = time.time()
-        images = mnist.to_uint8_images(sampler(params, cond, seed=config.sample.seed, guidance=g))
-        seconds = time.time() - start
-        found = checks.check_attributes(classifier, images)
-        scores = checks.attribute_scores(found, combos[:, 0], combos[:, 1], combos[:, 2], heldout)
-        image_emb = model.encoder.embed_images(images)
-        scores["clip_score"] = float(np.mean(np.sum(image_emb * text_emb, -1)))
-        scores["diversity"] = checks.diversity(images, np.repeat(np.arange(len(prompts)), k))
-        scores["sampling_seconds"] = seconds
-        result["guidance"][f"{g:g}"] = scores
-        if distributed.is_primary():
-            rows = [np.arange(i * k, (i + 1) * k) for i in range(0, len(prompts), 5)]  # the 60 centred prompts
-            save_grid(os.path.join(workdir, "samples", f"eval_guidance_{g:g}.png"), images, rows,
-                      row_titles=prompts[::5])
-    _write_eval(workdir, result, config)
-    print(f"txt2img eval ({k} image(s) per canonical prompt, {len(prompts)} prompts; "
-          f"{config.sample.sampler} {config.sample.steps} steps):")
-    print(f"  attribute checker on real images: all-correct seen {ceiling['seen_all_accuracy']:.3f} "
-          f"held-out {ceiling['heldout_all_accuracy']:.3f}; real CLIP score {result['real_clip_score']:.3f}")
-    print("  guidance  seen(all digit colour layout)        held-out(all digit colour layout)      clip  diversity")
-    for g, s in result["guidance"].items():
-        print(f"  {g:>8}  " + " ".join(f"{s[f'seen_{a}_accuracy']:.3f}" for a in ("all", "digit", "color", "layout"))
-              + "   " + " ".join(f"{s[f'heldout_{a}_accuracy']:.3f}" for a in ("all", "digit", "color", "layout"))
-              + f"   {s['clip_score']:.3f}  {s['diversity']:.3f}")
-    return result
-
-
-def scene_eval_prompts(config: ml_collections.ConfigDict) -> dict:
-    """The scene prompts of the evaluation: the direct captions of the first `eval.num_prompts` held-out test
-    scenes (half of them show a held-out (digit, colour) pair: the test split alternates), with their attributes."""
-    real = scenes.make_dataset("test", seed=config.seed + 1, **mnist.source_args(config.data))
-    keep = slice(0, config.eval.num_prompts)
-    prompts = [scenes.canonical_caption(*s) for s in zip(real["digits"][keep], real["colors"][keep],
-                                                         real["relation"][keep])]
-    return {"prompts": prompts, **{k: real[k][keep] for k in ("digits", "colors", "relation", "heldout")},
-            "real": real}
-
-
-def _evaluate_scenes(model: Pipeline, workdir: str, state: TrainState) -> dict:
-    """Draws `eval.num_per_prompt` images for each evaluation prompt at each guidance scale and reads them
-    (`evaluation/scenes.py`): both objects by colour, each one's digit with the project's classifier, the relation
-    from their centres; seen vs held-out prompts, per attribute, beside the checker's ceiling on real scenes."""
-    config, task = model.config, model.task
-    e = config.eval
-    ev = scene_eval_prompts(config)
+    ev = ds.eval_set(config)
     k = e.num_per_prompt
     prompts = ev["prompts"]
-    want = {key: np.repeat(ev[key], k, axis=0) for key in ("digits", "colors", "relation", "heldout")}
+    want = {key: np.repeat(v, k, axis=0) for key, v in ev["want"].items()}
     cond = jax.tree.map(lambda a: np.repeat(a, k, axis=0), model.prompt_condition(prompts))
     classifier = _classifier(config, workdir, model.autoencoder_workdir)
-    ceiling = scene_checks.check_real_ceiling(classifier, ev["real"])
-    result = {"checker_on_real_images": ceiling, "space": model.space, "guidance": {}}
+    ceiling = ds.ceiling(classifier, ev["real"])
+    result = {"checker_on_real_images": ceiling}
+    if ds.multi_caption:
+        result["space"] = model.space
+        chunk = len(prompts) * k
+    else:  # how the captioned-digits evaluation has always drawn: chunks of the prompt count
+        real = ev["real"]
+        real_clip = np.sum(model.encoder.embed_images(real["image"])
+                           * model.prompt_condition(ds.real_captions(real))["pooled"], -1)
+        result["real_clip_score"] = float(real_clip.mean())
+        chunk = len(prompts)
+    result["guidance"] = {}
     params = task.params_for_sampling(state)
-    sampler = task.sampler(batch_size=min(config.sample.batch_size, len(prompts) * k))
+    sampler = task.sampler(batch_size=min(config.sample.batch_size, chunk))
     for g in sorted({float(g) for g in e.guidance_scales} | {float(config.sample.guidance)}):
         start = time.time()
         images = model.to_images(sampler(params, cond, seed=config.sample.seed, guidance=g))
         seconds = time.time() - start
-        scores = scene_checks.scene_scores(scene_checks.check_scenes(classifier, images), want["digits"],
-                                           want["colors"], want["relation"], want["heldout"])
+        scores = ds.score(classifier, images, want)
         scores["clip_score"] = float(np.mean(np.sum(model.encoder.embed_images(images) * cond["pooled"], -1)))
+        if not ds.multi_caption:
+            scores["diversity"] = checks.diversity(images, np.repeat(np.arange(len(prompts)), k))
         scores["sampling_seconds"] = seconds
         result["guidance"][f"{g:g}"] = scores
         if distributed.is_primary():
-            rows = [np.arange(i * k, (i + 1) * k) for i in range(min(len(prompts), 20))]
+            rows = [np.arange(i * k, (i + 1) * k) for i in ev["grid_prompts"]]
             save_grid(os.path.join(workdir, "samples", f"eval_guidance_{g:g}.png"), images, rows,
-                      row_titles=prompts[:20])
+                      row_titles=[prompts[i] for i in ev["grid_prompts"]])
     _write_eval(workdir, result, config)
-    print(f"txt2img scenes eval ({k} image(s) per prompt, {len(prompts)} prompts; {config.diffusion.space} space; "
-          f"{config.sample.sampler} {config.sample.steps} steps):")
-    attrs = ("all", "digit", "color", "relation")
-    print("  checker on real scenes: " + " ".join(f"{a} {ceiling.get(f'seen_{a}_accuracy', float('nan')):.3f}/"
+    attrs = ds.attributes
+    print(f"txt2img {ds.name} eval ({k} image(s) per prompt, {len(prompts)} prompts; {config.diffusion.space} "
+          f"space; {config.sample.sampler} {config.sample.steps} steps):")
+    print("  checker on real images: " + " ".join(f"{a} {ceiling.get(f'seen_{a}_accuracy', float('nan')):.3f}/"
                                                  f"{ceiling.get(f'heldout_{a}_accuracy', float('nan')):.3f}"
-                                                 for a in attrs) + " (seen/held-out)")
-    print("  guidance  seen(all digit colour relation)  held-out(all digit colour relation)  clip")
+                                                 for a in attrs) + " (seen/held-out)"
+          + (f"; real CLIP score {result['real_clip_score']:.3f}" if "real_clip_score" in result else ""))
+    print(f"  guidance  seen({' '.join(attrs)})  held-out({' '.join(attrs)})  clip  diversity")
     for g, sc in result["guidance"].items():
         print(f"  {g:>8}  " + " ".join(f"{sc.get(f'seen_{a}_accuracy', float('nan')):.3f}" for a in attrs) + "   "
               + " ".join(f"{sc.get(f'heldout_{a}_accuracy', float('nan')):.3f}" for a in attrs)
-              + f"   {sc['clip_score']:.3f}")
+              + f"   {sc['clip_score']:.3f}  {sc.get('diversity', float('nan')):.3f}")
     return result
