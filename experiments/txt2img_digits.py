@@ -9,20 +9,22 @@ Then draw from prompts:
   python -m diffusion_jax.main --config=experiments/txt2img_digits.py --workdir=runs/txt2img --mode=sample \\
       --config.sample.prompts="a red 3 in the top left;a blue seven in the center" --config.sample.num_per_prompt=8
 
-Presets: `:tiny` (seconds: tests, CI, notebooks). `config.clip` is the CLIP config (experiments/clip_digits.py, same
+Presets: `:tiny` (seconds: tests, CI, notebooks); `+dit`, `+mmdit` (a diffusion transformer instead of the U-Net) and
+`+flow` (rectified flow instead of VP diffusion) combine with it, e.g. `:tiny+mmdit+flow`. `config.clip` is the CLIP config (experiments/clip_digits.py, same
 preset) plus `clip.workdir`, so `--config.clip.train.num_steps=...` tunes the CLIP that is trained when needed.
 """
 import os
 
 import ml_collections
 
-from diffusion_jax.config import diffusion_group, load_config, sample_group, shrink_to_tiny, train_group, unet_model
+from diffusion_jax.config import (apply_variants, diffusion_group, load_config, sample_group, shrink_to_tiny,
+                                  split_preset, train_group, unet_model)
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    """The default config; `preset` ('tiny') shrinks it (and its CLIP) for tests."""
-    if preset not in ("", "tiny"):
-        raise ValueError(f"unknown preset {preset!r} for experiments/txt2img_digits.py; available: 'tiny'")
+    """The default config; `preset` ('tiny') shrinks it (and its CLIP) for tests; '+dit', '+mmdit', '+flow' change
+    the recipe."""
+    preset, variants = split_preset(preset, ("", "tiny"), "experiments/txt2img_digits.py")
     c = ml_collections.ConfigDict()
     c.task = "txt2img"
     c.seed = 0
@@ -64,6 +66,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.eval.guidance_scales = (1.0, 2.0, 4.0, 7.0)  # the guidance sweep (sample.guidance is always included)
     c.eval.classifier_steps = 1500  # the attribute checker's digit classifier (trained on real digits only)
 
+    apply_variants(c, variants, patch_size=4, tiny=preset == "tiny")  # transformers: 8x8 tokens, as the U-Net's grid
     if preset == "tiny":
         shrink_to_tiny(c)
         c.data.train_copies = 1

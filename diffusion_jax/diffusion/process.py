@@ -35,6 +35,10 @@ class VP:
     name = "vp"
     samplers = tuple(samplers.SAMPLERS)
 
+    def __post_init__(self):
+        schedules.check_prediction(self.prediction)
+        schedules.check_loss_weighting(self.loss_weighting)
+
     @property
     def time_scale(self) -> float:
         return float(self.schedule.num_steps)
@@ -82,6 +86,10 @@ class Flow:
     name = "flow"
     samplers = tuple(samplers.FLOW_SAMPLERS)
     time_scale = FLOW_TIME_SCALE
+
+    def __post_init__(self):
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"Unknown flow time sampling {self.time_sampling!r}; valid choices: {TIME_SAMPLINGS}.")
 
     def draw_time(self, key: jax.Array) -> jax.Array:
         """One example's t in (0, 1), float32."""

@@ -7,6 +7,10 @@
   corrector, which reuses the model call of the next step, so it costs no extra call; third order where the steps
   in lambda are even. Deterministic.
 
+Rectified flow (`process.Flow`) has its own ODE samplers, ``flow_sample``: ``euler`` and ``heun`` on a time grid from
+1 (noise) to 0 (data), optionally shifted (SD3). The VP samplers above take a VP schedule; a sampler of the other
+process is refused by the config check.
+
 Model interface: ``model_fn(x, t) -> model_output`` with x float32 [B, *shape] and
 t int32 [B]; the output (eps or v, any float dtype) is cast to float32 here. Every sampler
 calls the model only at the integer training timesteps of ``sampling_timesteps``.

@@ -1,0 +1,24 @@
+"""Issue 26, the comparison: {U-Net, DiT, MMDiT} x {VP (v), rectified flow} on two-digit latent scenes at the scenes
+preset's training wall time (the U-Net's 9,000 steps, about 42 minutes of train steps here), all on one autoencoder
+and one CLIP (trained by the first point, then shared), scored by the scene checker (all correct seen / held-out and
+per attribute, eval.json) at the preset's sampling (UniPC for VP, Euler for flow, 10 steps, guidance 5).
+
+  python -m diffusion_jax.sweep --sweep=experiments/sweeps/backbones_scenes.py --root=runs/sweeps/backbones_scenes
+
+Equal wall time: each variant's steps = 9,000 x the U-Net's step time / its own, from `python
+benchmarks/backbones.py --config=experiments/txt2img_scenes.py` (2026-12-07, batch 64, 2 CPU devices, stand-in text
+condition; s/step: unet 0.2798, flow 0.2862, dit 0.3050, dit+flow 0.3178, mmdit 0.3370, mmdit+flow 0.3419). About
+50 minutes a point with its evaluation; the runner resumes an interrupted point from its checkpoint.
+"""
+MODES = ("train",)  # train.final_eval: evaluate after training
+METRIC = "default_seen_all_accuracy"
+METRICS = ("default_seen_all_accuracy", "default_heldout_all_accuracy", "default_seen_digit_accuracy",
+           "default_heldout_digit_accuracy", "default_seen_color_accuracy", "default_seen_relation_accuracy")
+FROZEN = "runs/sweeps/backbones_scenes_frozen"  # the shared autoencoder and CLIP (relative to where it is started)
+STEPS = {"unet+vp": 9000, "unet+flow": 8798, "dit+vp": 8255, "dit+flow": 7925, "mmdit+vp": 7472, "mmdit+flow": 7365}
+
+
+def get_sweep():
+    """(base config, points): one point a variant, at its equal-wall-time steps, on the shared frozen models."""
+    shared = {"clip.workdir": f"{FROZEN}/clip", "autoencoder.workdir": f"{FROZEN}/autoencoder"}
+    return "experiments/txt2img_scenes.py", [{"preset": v, "train.num_steps": n, **shared} for v, n in STEPS.items()]
