@@ -104,13 +104,16 @@ def runs(tmp_path_factory):
     multi_dir, single_dir = str(tmp / "work_2x2"), str(tmp / "work_1x4")
     two.mkdir(), one.mkdir()
     address = f"127.0.0.1:{_free_port()}"
-    info2 = _finish([_start(str(two), [f"{multi_dir}:3"], 2, f"--coordinator_address={address}",
-                            "--num_processes=2", f"--process_id={i}") for i in range(2)])
+    multi_dit, single_dit = str(tmp / "dit_2x2"), str(tmp / "dit_1x4")  # the new backbone and objective too
+    info2 = _finish([_start(str(two), [f"{multi_dir}:3", f"{multi_dit}:3:tiny+dit+flow"], 2,
+                            f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}")
+                     for i in range(2)])
     after_two = {"metric_steps": _metric_steps(multi_dir),
                  "event_files": len(os.listdir(os.path.join(multi_dir, "tensorboard")))}
     # The reference: 3 steps in its own workdir; then resume the 2-process checkpoint for a 4th step; then a 4th
     # step of the reference itself.
-    info1 = _finish([_start(str(one), [f"{single_dir}:3", f"{multi_dir}:4", f"{single_dir}:4"], 4)])
+    info1 = _finish([_start(str(one), [f"{single_dir}:3", f"{multi_dir}:4", f"{single_dir}:4",
+                                       f"{single_dit}:3:tiny+dit+flow"], 4)])
     return {"two": str(two), "one": str(one), "info2": info2, "info1": info1, "after_two": after_two,
             "multi_dir": multi_dir}
 
@@ -128,6 +131,16 @@ def test_two_processes_form_one_system(runs):
         assert "shard_map" in info["pmap_error"], info["pmap_error"]  # pmap is refused with a pointer to shard_map
     (info1,) = runs["info1"]
     assert (info1["process_count"], info1["devices"], info1["pmap_error"]) == (1, 4, None)
+
+
+def test_a_dit_by_rectified_flow_trains_on_two_processes_like_on_one(runs):
+    p0 = _load(os.path.join(runs["two"], "run1_process0.npz"))
+    p1 = _load(os.path.join(runs["two"], "run1_process1.npz"))
+    ref = _load(os.path.join(runs["one"], "run3_process0.npz"))
+    assert int(p0["step"]) == int(ref["step"]) == 3 and any("patch_embed" in key for key in p0)
+    for key in p0:
+        np.testing.assert_array_equal(p0[key], p1[key], err_msg=key)
+    _assert_params_close(p0, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_two_processes_train_like_one_process_on_the_same_global_batch(runs):
