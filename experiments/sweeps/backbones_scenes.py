@@ -1,9 +1,16 @@
 """Issue 26, the comparison: {U-Net, DiT, MMDiT} x {VP (v), rectified flow} on two-digit latent scenes at the scenes
 preset's training wall time (the U-Net's 9,000 steps, about 42 minutes of train steps here), all on one autoencoder
-and one CLIP (trained by the first point, then shared), scored by the scene checker (all correct seen / held-out and
+and one CLIP (trained first, below), scored by the scene checker (all correct seen / held-out and
 per attribute, eval.json) at the preset's sampling (UniPC for VP, Euler for flow, 10 steps, guidance 5).
 
+  # the shared CLIP and autoencoder first, each in its own run (resumable; the preset's nested configs):
+  python -m diffusion_jax.main --config=experiments/clip_scenes.py --workdir=runs/sweeps/backbones_scenes_frozen/clip \
+      --config.train.hard_negatives=True --config.train.digit_negatives=True
+  python -m diffusion_jax.main --config=experiments/autoencoder_scenes.py \
+      --workdir=runs/sweeps/backbones_scenes_frozen/autoencoder
   python -m diffusion_jax.sweep --sweep=experiments/sweeps/backbones_scenes.py --root=runs/sweeps/backbones_scenes
+
+(A U-Net run never trains further a CLIP or autoencoder outside its workdir, so the sweep needs them finished.)
 
 Equal wall time: each variant's steps = 9,000 x the U-Net's step time / its own, from `python
 benchmarks/backbones.py --config=experiments/txt2img_scenes.py` (2026-12-07, batch 64, 2 CPU devices, stand-in text
