@@ -2,6 +2,7 @@
 while a step runs, and every device-to-host transfer is explicit (it runs under `jax.transfer_guard`)."""
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +66,24 @@ def test_metrics_are_fetched_only_at_log_and_checkpoint_steps(lifted, tmp_path, 
                                rtol=1e-6)
     with Checkpointer(os.path.join(tmp_path, "checkpoints")) as ckpt:
         assert ckpt.all_steps() == [6, 12]
+
+
+def test_resumed_run_writes_each_step_of_metrics_once(lifted, tmp_path):
+    """Rows logged after the last checkpoint, before a kill, are dropped when their steps run again."""
+    dp, step_fn = lifted
+    kwargs = dict(workdir=str(tmp_path), dp=dp, init_state=_init_state, train_step=step_fn, log_every=4,
+                  checkpoint_every=6, progress=False, get_batch=lambda step: {"x": np.full((2, 1), step, np.float32)})
+    loop.train_loop(num_steps=12, **kwargs)
+    path = os.path.join(tmp_path, "metrics.jsonl")
+    uninterrupted = open(path).read()
+    shutil.rmtree(os.path.join(tmp_path, "checkpoints", "12"))  # as if killed after step 8's log, before 12
+    with open(path, "w") as f:
+        f.write("".join(uninterrupted.splitlines(keepends=True)[:2]))
+    loop.train_loop(num_steps=12, **kwargs)  # resumes from step 6: step 8 is logged again
+    rows, before = ([json.loads(line) for line in text.splitlines()] for text in (open(path).read(), uninterrupted))
+    assert [r["step"] for r in rows] == [r["step"] for r in before] == [4, 8, 12]
+    # Step 8's row now averages steps 7-8 (the window starts at the resume); the others are the same numbers.
+    assert [rows[i]["loss"] for i in (0, 2)] == [before[i]["loss"] for i in (0, 2)]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -28,12 +28,24 @@ from diffusion_jax.parallel import DataParallel
 
 
 class MetricsWriter:
-    """Appends scalar metrics to `workdir/metrics.jsonl` and to TensorBoard event files in `workdir/tensorboard`."""
+    """Appends scalar metrics to `workdir/metrics.jsonl` and to TensorBoard event files in `workdir/tensorboard`.
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    A run that resumes from step `start_step` first drops the rows after it (written before a kill, by steps that
+    are now run again), so the file holds each step once, as an uninterrupted run writes it.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+        if enabled and os.path.exists(self.path):
+            with open(self.path) as f:
+                lines = f.read().splitlines()
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= start_step]
+            if len(kept) < len(lines):
+                with open(self.path + ".tmp", "w") as f:
+                    f.write("".join(line + "\n" for line in kept))
+                os.replace(self.path + ".tmp", self.path)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -112,7 +124,7 @@ def train_loop(*, workdir: str, dp: DataParallel, init_state: Callable[[], Any],
         return host_state
     state = dp.replicate(host_state)
     primary = distributed.is_primary()
-    writer = MetricsWriter(workdir, enabled=primary)
+    writer = MetricsWriter(workdir, enabled=primary, start_step=step)
     bar = tqdm.tqdm(total=num_steps, initial=step, desc=description, disable=not (progress and primary),
                     dynamic_ncols=True, mininterval=1.0)
     last_saved = checkpointer.latest_step()

@@ -22,10 +22,14 @@ METRIC = "default_seen_all_accuracy"
 METRICS = ("default_seen_all_accuracy", "default_heldout_all_accuracy", "default_seen_digit_accuracy",
            "default_heldout_digit_accuracy", "default_seen_color_accuracy", "default_seen_relation_accuracy")
 FROZEN = "runs/sweeps/backbones_scenes_frozen"  # the shared autoencoder and CLIP (relative to where it is started)
-STEPS = {"unet+vp": 9000, "unet+flow": 8798, "dit+vp": 8255, "dit+flow": 7925, "mmdit+vp": 7472, "mmdit+flow": 7365}
+# Run in this order (the most informative first, should a session end mid-sweep): the baseline, SD3's recipe, ...
+STEPS = {"unet+vp": 9000, "mmdit+flow": 7365, "dit+flow": 7925, "unet+flow": 8798, "dit+vp": 8255, "mmdit+vp": 7472}
 
 
 def get_sweep():
     """(base config, points): one point a variant, at its equal-wall-time steps, on the shared frozen models."""
-    shared = {"clip.workdir": f"{FROZEN}/clip", "autoencoder.workdir": f"{FROZEN}/autoencoder"}
+    # Every checkpoint kept (one a 1,000 steps), so that benchmarks/backbones_curve.py can score them afterwards:
+    # the plot of all correct against training wall time.
+    shared = {"clip.workdir": f"{FROZEN}/clip", "autoencoder.workdir": f"{FROZEN}/autoencoder",
+              "train.max_to_keep": 10}
     return "experiments/txt2img_scenes.py", [{"preset": v, "train.num_steps": n, **shared} for v, n in STEPS.items()]
