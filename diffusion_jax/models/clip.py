@@ -105,48 +105,65 @@ class ImageTower(nn.Module):
         return h.astype(jnp.float32)
 
 
+ACTIVATIONS = {  # the MLP's activation: this project's default, SD 2.x's text encoder (exact erf), SD 1.x's (OpenAI)
+    "gelu_tanh": nn.gelu,
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+}
+POOLINGS = ("mean", "eos")
+
+
 class TextBlock(nn.Module):
     """Pre-LN transformer block (as in GPT-2 / CLIP's text encoder): x + Attn(LN(x)), then x + MLP(LN(x)).
 
-    The attention is bidirectional; `mask` [B, L] (True = real token) hides padded *keys*, so no real token ever
-    reads a padding token. Padded queries still attend to the real tokens (their outputs are well defined and
-    discarded by the tower).
+    `mask` is the attention mask, broadcastable to [B, heads, L, L] (True = may attend): the tower's key-padding
+    mask (no real token ever reads a padding token; padded queries still attend to the real tokens, their outputs
+    are discarded by the tower), a causal mask, or both.
     """
 
     width: int
     num_heads: int
     mlp_ratio: int = 4
+    activation: str = "gelu_tanh"  # ACTIVATIONS
+    norm_eps: float = 1e-6
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-        """x [B, L, width], mask bool [B, L] -> [B, L, width]."""
-        h = nn.LayerNorm(dtype=self.dtype)(x)
-        h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype)(
-            h, h, mask=mask[:, None, None, :]
-        )
+        """x [B, L, width], mask bool broadcastable to [B, heads, L, L] -> [B, L, width]."""
+        h = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype)(x)
+        h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype)(h, h, mask=mask)
         x = x + h
-        h = nn.LayerNorm(dtype=self.dtype)(x)
+        h = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype)(x)
         h = nn.Dense(self.mlp_ratio * self.width, dtype=self.dtype)(h)
-        h = nn.Dense(self.width, dtype=self.dtype)(nn.gelu(h))
+        h = nn.Dense(self.width, dtype=self.dtype)(ACTIVATIONS[self.activation](h))
         return x + h
 
 
 class TextTower(nn.Module):
     """Token + learned positional embedding, `num_layers` pre-LN blocks, final LayerNorm.
 
-    Pooling: the masked mean of the final token embeddings over the real tokens (bos, words, eos). We choose the
-    mean rather than CLIP's eos token because the attention here is bidirectional (no causal mask), so every token
-    already sees the whole caption, and the mean gives every word a direct gradient path on small data.
+    Two families, by configuration:
 
-    Padding invariance: padded positions (mask False) never influence the real tokens nor `pooled`, whatever their
-    ids and however many there are; their rows of `tokens` are set to zero.
+    - **This project's caption encoder** (the defaults): bidirectional attention with a key-padding mask; pooled is
+      the masked mean of the final token embeddings over the real tokens (bos, words, eos), since every token
+      already sees the whole caption and the mean gives every word a direct gradient path on small data. Padded
+      positions never influence the real tokens nor `pooled`, whatever their ids, and their rows of `tokens` are
+      zero.
+    - **CLIP's text transformer as Stable Diffusion uses it** (`causal=True, key_mask=False, pool="eos"`, the
+      folder's activation, `norm_eps=1e-5`, `mlp_ratio`): causal attention over all positions, padding included;
+      `tokens` are all `L` final hidden states (SD's cross-attention context) and `pooled` is the row of the end
+      token (the first `eos_id`; `eos_id=None` is transformers' rule for the legacy configs: the row of the
+      largest id). `skip_layers=k` (clip skip) stops `k` blocks early, then applies the final LayerNorm.
 
     Attributes:
       vocab_size: number of token ids (pad id 0 included).
       max_length: longest caption (size of the positional embedding table).
       width: embedding width.
       num_layers, num_heads: transformer depth and heads (width must be divisible by num_heads).
+      mlp_ratio, activation, norm_eps: the blocks' MLP width (x width), activation (ACTIVATIONS), LayerNorm epsilon.
+      causal, key_mask: causal attention; hide padded keys (mask False).
+      pool, eos_id: POOLINGS, and the end token's id for "eos".
       dtype: compute dtype; the outputs are float32.
     """
 
@@ -155,21 +172,43 @@ class TextTower(nn.Module):
     width: int = 128
     num_layers: int = 2
     num_heads: int = 4
+    mlp_ratio: int = 4
+    activation: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    causal: bool = False
+    key_mask: bool = True
+    pool: str = "mean"
+    eos_id: Any = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, ids: jnp.ndarray, mask: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    def __call__(self, ids: jnp.ndarray, mask: jnp.ndarray, skip_layers: int = 0
+                 ) -> Tuple[jnp.ndarray, jnp.ndarray]:
         """ids int [B, L], mask bool [B, L] -> (pooled float32 [B, width], tokens float32 [B, L, width])."""
         _check_text(ids, mask, self.max_length)
         if self.width % self.num_heads:
             raise ValueError(f"TextTower width={self.width} is not divisible by num_heads={self.num_heads}")
+        if self.activation not in ACTIVATIONS or self.pool not in POOLINGS:
+            raise ValueError(f"TextTower activation={self.activation!r} (one of {sorted(ACTIVATIONS)}), "
+                             f"pool={self.pool!r} (one of {POOLINGS})")
+        if not 0 <= skip_layers < self.num_layers:
+            raise ValueError(f"skip_layers={skip_layers} must be in [0, num_layers={self.num_layers})")
         mask = mask.astype(bool)
         length = ids.shape[1]
+        attention = mask[:, None, None, :] if self.key_mask else jnp.ones((1, 1, 1, length), bool)
+        if self.causal:
+            attention = attention & jnp.tril(jnp.ones((length, length), bool))[None, None]
         pos = self.param("pos_embedding", nn.initializers.normal(0.01), (self.max_length, self.width))
         x = nn.Embed(self.vocab_size, self.width, dtype=self.dtype)(ids) + pos[None, :length].astype(self.dtype)
-        for _ in range(self.num_layers):
-            x = TextBlock(self.width, self.num_heads, dtype=self.dtype)(x, mask)
-        x = nn.LayerNorm(dtype=self.dtype)(x).astype(jnp.float32)
+        blocks = [TextBlock(self.width, self.num_heads, self.mlp_ratio, self.activation, self.norm_eps,
+                            dtype=self.dtype) for _ in range(self.num_layers)]
+        final_norm = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype)
+        for block in blocks[:self.num_layers - skip_layers]:
+            x = block(x, attention)
+        x = final_norm(x).astype(jnp.float32)
+        if self.pool == "eos":
+            end = jnp.argmax(ids if self.eos_id is None else ids == self.eos_id, axis=1)
+            return jnp.take_along_axis(x, end[:, None, None], axis=1)[:, 0], x
         weights = mask.astype(jnp.float32)[..., None]
         tokens = x * weights
         pooled = jnp.sum(tokens, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
@@ -228,9 +267,8 @@ class CLIP(nn.Module):
     def setup(self):
         self.image_tower = ImageTower(self.image_channels, self.embed_dim, self.norm_groups, self.factorize_color,
                                       self.image_stem_stride, self.image_pool, self.dtype)
-        self.text_tower = TextTower(
-            self.vocab_size, self.max_length, self.text_width, self.text_layers, self.text_heads, self.dtype
-        )
+        self.text_tower = TextTower(vocab_size=self.vocab_size, max_length=self.max_length, width=self.text_width,
+                                    num_layers=self.text_layers, num_heads=self.text_heads, dtype=self.dtype)
         self.image_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)
         self.text_proj = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)
         self.logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), ())

@@ -251,20 +251,25 @@ def vocab_from_bpe_file(path: str, num_merges: Optional[int] = None) -> Tuple[Di
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def _read_json(folder: str, name: str, required: bool = True) -> dict:
-    path = os.path.join(folder, name)
-    if not os.path.exists(path):
-        if required:
-            raise TokenizerFolderError(f"{path}: missing")
-        return {}
+def read_json(path: str, error: type = None) -> dict:
+    """A JSON object from `path`; `error` (default TokenizerFolderError) names the file when it is missing, is not
+    JSON or is not an object. (pretrained/folder.py reads configs with it too.)"""
+    error = error or TokenizerFolderError
+    if not os.path.isfile(path):
+        raise error(f"{path}: missing")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as e:
-        raise TokenizerFolderError(f"{path}: not readable JSON ({e})") from None
+        raise error(f"{path}: not readable JSON ({e})") from None
     if not isinstance(data, dict):
-        raise TokenizerFolderError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def _read_json(folder: str, name: str, required: bool = True) -> dict:
+    path = os.path.join(folder, name)
+    return read_json(path) if required or os.path.exists(path) else {}
 
 
 def _read_merges(path: str) -> List[Tuple[str, str]]:
