@@ -16,20 +16,12 @@ import transformers
 
 from diffusion_jax.pretrained import PretrainedError, text_encoder
 from diffusion_jax.text.clip_bpe import ClipTokenizer
+from tests.parity import randomize
 
 TOL = 1e-5
 STYLES = {"sd1": dict(hidden_act="quick_gelu", eos_token_id=2, pad="<|endoftext|>"),
           "sd2": dict(hidden_act="gelu", eos_token_id=None, pad="!")}
 PROMPTS = ["", "a photo of an astronaut riding a horse", "A red 3, top-left!", "cat " * 90, "don't stop"]
-
-
-def randomize(model, seed: int = 0) -> None:
-    """Every parameter drawn at random (norm scales around 1), so no mapping error hides behind an init value."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
-            p.copy_(1 + 0.2 * noise if "norm" in name and name.endswith("weight") else 0.3 * noise)
 
 
 def build(folder, tokenizer, style):

@@ -2,8 +2,8 @@
 appendix G), small: the first stage of latent diffusion.
 
 Encoder: conv in, per level `num_res_blocks` residual blocks (GroupNorm-SiLU-conv, no time embedding) then a
-stride-2 downsample (not after the last level), a middle block (two residual blocks; SD's middle attention is left
-out: it costs more than it buys at these sizes on a CPU), GroupNorm-SiLU, conv to 2 * latent_channels (the mean and
+stride-2 downsample (not after the last level), a middle block (two residual blocks; SD's middle attention is off by
+default, `mid_attention`: it costs more than it buys at these sizes on a CPU), GroupNorm-SiLU, conv to 2 * latent_channels (the mean and
 log-variance of a diagonal Gaussian posterior), then SD's 1x1 "quant_conv". The decoder mirrors it: 1x1
 "post_quant_conv", conv in, middle block, per level (deepest first) `num_res_blocks + 1` residual blocks then a
 nearest-neighbour x2 upsample + conv, GroupNorm-SiLU, conv out. Downsampling factor f = 2 ** (len(channels) - 1).
@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import Downsample, Upsample, group_norm
+from diffusion_jax.models.layers import AttentionBlock, Downsample, Upsample, group_norm
 
 Dtype = Any
 LOGVAR_RANGE = (-30.0, 20.0)  # SD's DiagonalGaussianDistribution clamps the log-variance to this range
@@ -40,6 +40,15 @@ class ResBlock(nn.Module):
         return x + h
 
 
+def middle(h, channels: int, norm_groups: int, attention: bool, dtype: Dtype):
+    """The middle block, called inside an encoder's or decoder's compact body: two residual blocks, with SD's
+    single-head self-attention between them when `attention`."""
+    h = ResBlock(channels, norm_groups, dtype)(h)
+    if attention:
+        h = AttentionBlock(num_heads=1, norm_groups=norm_groups, dtype=dtype)(h)
+    return ResBlock(channels, norm_groups, dtype)(h)
+
+
 class Encoder(nn.Module):
     """Images [B, H, W, C] -> moments [B, H/f, W/f, 2 * latent_channels] (mean, then log-variance)."""
 
@@ -48,6 +57,7 @@ class Encoder(nn.Module):
     num_res_blocks: int = 1
     norm_groups: int = 8
     dtype: Dtype = jnp.float32
+    mid_attention: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -57,8 +67,7 @@ class Encoder(nn.Module):
                 h = ResBlock(ch, self.norm_groups, self.dtype)(h)
             if level < len(self.channels) - 1:
                 h = Downsample(ch, self.dtype)(h)
-        for _ in range(2):  # middle block
-            h = ResBlock(self.channels[-1], self.norm_groups, self.dtype)(h)
+        h = middle(h, self.channels[-1], self.norm_groups, self.mid_attention, self.dtype)
         h = nn.silu(group_norm(h.shape[-1], self.norm_groups, self.dtype)(h))
         h = nn.Conv(2 * self.latent_channels, (3, 3), dtype=self.dtype)(h)
         return nn.Conv(2 * self.latent_channels, (1, 1), dtype=self.dtype, name="quant_conv")(h)
@@ -72,18 +81,19 @@ class Decoder(nn.Module):
     num_res_blocks: int = 1
     norm_groups: int = 8
     dtype: Dtype = jnp.float32
+    mid_attention: bool = False
+    upsample_keeps_width: bool = False
 
     @nn.compact
     def __call__(self, z):
         z = nn.Conv(z.shape[-1], (1, 1), dtype=self.dtype, name="post_quant_conv")(z.astype(self.dtype))
         h = nn.Conv(self.channels[-1], (3, 3), dtype=self.dtype)(z)
-        for _ in range(2):  # middle block
-            h = ResBlock(self.channels[-1], self.norm_groups, self.dtype)(h)
+        h = middle(h, self.channels[-1], self.norm_groups, self.mid_attention, self.dtype)
         for level in reversed(range(len(self.channels))):
             for _ in range(self.num_res_blocks + 1):  # SD's decoder has one block more per level than its encoder
                 h = ResBlock(self.channels[level], self.norm_groups, self.dtype)(h)
             if level > 0:
-                h = Upsample(self.channels[level - 1], self.dtype)(h)
+                h = Upsample(self.channels[level - (0 if self.upsample_keeps_width else 1)], self.dtype)(h)
         h = nn.silu(group_norm(h.shape[-1], self.norm_groups, self.dtype)(h))
         return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h).astype(jnp.float32)
 
@@ -109,6 +119,8 @@ class AutoencoderKL(nn.Module):
     norm_groups: int = 8
     out_channels: int = 3
     dtype: Dtype = jnp.float32
+    mid_attention: bool = False  # SD: True
+    upsample_keeps_width: bool = False  # SD: True (the next level's first block narrows), else the upsample does
 
     @property
     def factor(self) -> int:
@@ -117,9 +129,10 @@ class AutoencoderKL(nn.Module):
 
     def setup(self):
         self.encoder = Encoder(tuple(self.channels), self.latent_channels, self.num_res_blocks, self.norm_groups,
-                               self.dtype)
+                               self.dtype, mid_attention=self.mid_attention)
         self.decoder = Decoder(tuple(self.channels), self.out_channels, self.num_res_blocks, self.norm_groups,
-                               self.dtype)
+                               self.dtype, mid_attention=self.mid_attention,
+                               upsample_keeps_width=self.upsample_keeps_width)
 
     def encode(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Images [B, H, W, C] in [-1, 1] -> posterior (mean, logvar), float32 [B, H/f, W/f, latent_channels] each;

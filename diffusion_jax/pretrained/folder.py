@@ -107,28 +107,57 @@ def assign(abstract: Any, tensors: Mapping[str, np.ndarray], rename: Callable[[s
     return jax.tree.unflatten(jax.tree.structure(abstract), leaves)
 
 
-# The layout maps from PyTorch to Flax.
-def same(w: np.ndarray) -> np.ndarray:
-    return w
-
-
-def linear(w: np.ndarray) -> np.ndarray:
-    """nn.Linear [out, in] (or a 1x1 conv [out, in, 1, 1]) -> Dense kernel [in, out]."""
+# ------------------------------------------------------------------------------------- names and layouts
+# A component's table maps each PyTorch module path to (Flax module path, kind); the kind says how its `weight` and
+# `bias` become Flax parameters: (parameter name, array op).
+def _linear(w: np.ndarray) -> np.ndarray:
+    """nn.Linear [out, in] (or a 1x1 conv [out, in, 1, 1], SD 1.x's proj_in/out) -> Dense kernel [in, out]."""
     return (w[:, :, 0, 0] if w.ndim == 4 else w).T
 
 
-def conv(w: np.ndarray) -> np.ndarray:
-    """nn.Conv2d [out, in, kh, kw] -> Conv kernel [kh, kw, in, out]."""
-    return w.transpose(2, 3, 1, 0)
+def _same(w: np.ndarray) -> np.ndarray:
+    return w
 
 
-def heads_in(num_heads: int) -> Callable:
-    """A q/k/v projection [heads * d, in] -> DenseGeneral kernel [in, heads, d]; its bias [heads * d] -> [heads, d]."""
-    def convert(w):
-        return w.T.reshape(w.shape[1], num_heads, -1) if w.ndim == 2 else w.reshape(num_heads, -1)
-    return convert
+def _kind(kind) -> dict:
+    """{torch leaf: (flax leaf, op)} for a module kind: "conv", "dense", "norm", "embed", or ("heads_in", H) /
+    ("heads_out", H) for attention projections split into H heads (Flax's DenseGeneral layout)."""
+    if kind == "conv":  # nn.Conv2d [out, in, kh, kw] -> Conv kernel [kh, kw, in, out]
+        return {"weight": ("kernel", lambda w: w.transpose(2, 3, 1, 0)), "bias": ("bias", _same)}
+    if kind == "dense":
+        return {"weight": ("kernel", _linear), "bias": ("bias", _same)}
+    if kind == "norm":
+        return {"weight": ("scale", _same), "bias": ("bias", _same)}
+    if kind == "embed":
+        return {"weight": ("embedding", _same)}
+    name, heads = kind
+    if name == "heads_in":  # [heads * d, in] -> [in, heads, d]; bias [heads * d] -> [heads, d]
+        return {"weight": ("kernel", lambda w: _linear(w).reshape(-1, heads, w.shape[0] // heads)),
+                "bias": ("bias", lambda b: b.reshape(heads, -1))}
+    # heads_out: [out, heads * d] -> [heads, d, out]
+    return {"weight": ("kernel", lambda w: _linear(w).reshape(heads, -1, w.shape[0])), "bias": ("bias", _same)}
 
 
-def heads_out(num_heads: int) -> Callable:
-    """An output projection [out, heads * d] -> DenseGeneral kernel [heads, d, out]."""
-    return lambda w: w.T.reshape(num_heads, -1, w.shape[0])
+def renamer(table: Mapping[str, tuple], drop: tuple = (), prefix: str = "") -> Callable[[str], Optional[tuple]]:
+    """`rename` for `assign` from a table {torch module path: (flax module path, kind)}. Names in `drop` (buffers)
+    give None; an optional leading `prefix` is ignored (the Hub's `text_model.`)."""
+    def rename(name: str):
+        short = name[len(prefix):] if prefix and name.startswith(prefix) else name
+        if short in drop:
+            return None
+        module, _, leaf = short.rpartition(".")
+        if module not in table or leaf not in _kind(table[module][1]):
+            return "", _same
+        path, kind = table[module]
+        flax_leaf, op = _kind(kind)[leaf]
+        return f"params/{path}/{flax_leaf}", op
+    return rename
+
+
+def attention_rows(torch_path: str, flax_path: str, heads: int, names=("to_q", "to_k", "to_v", "to_out.0")) -> dict:
+    """Table rows of an attention layer with Flax's MultiHeadDotProductAttention parameters at `flax_path`."""
+    q, k, v, out = names
+    return {f"{torch_path}.{q}": (f"{flax_path}/query", ("heads_in", heads)),
+            f"{torch_path}.{k}": (f"{flax_path}/key", ("heads_in", heads)),
+            f"{torch_path}.{v}": (f"{flax_path}/value", ("heads_in", heads)),
+            f"{torch_path}.{out}": (f"{flax_path}/out", ("heads_out", heads))}

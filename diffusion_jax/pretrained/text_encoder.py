@@ -13,7 +13,6 @@ LayerNorm epsilon and end-token rule, pooled at the end token) and the tensors i
 (the `text_model.` prefix is optional: transformers 5 saves without it; the `position_ids` buffer is dropped).
 """
 import os
-import re
 from typing import Any, Tuple
 
 import jax
@@ -21,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax.models.clip import TextTower
-from diffusion_jax.pretrained.folder import (assign, component_dir, heads_in, heads_out, linear,
-                                             option, read_config, read_weights, same)
+from diffusion_jax.pretrained.folder import (assign, attention_rows, component_dir, option, read_config,
+                                             read_weights, renamer)
 
 DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
                 num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
@@ -45,38 +44,28 @@ def tower_of(config: dict, where: str, dtype: Any = jnp.float32) -> TextTower:
                      pool="eos", eos_id=None if eos == LEGACY_EOS else eos, dtype=dtype)
 
 
-def _rename(num_heads: int):
-    block = {"layer_norm1": "LayerNorm_0", "layer_norm2": "LayerNorm_1", "mlp.fc1": "Dense_0", "mlp.fc2": "Dense_1",
-             "self_attn.q_proj": "MultiHeadDotProductAttention_0/query",
-             "self_attn.k_proj": "MultiHeadDotProductAttention_0/key",
-             "self_attn.v_proj": "MultiHeadDotProductAttention_0/value",
-             "self_attn.out_proj": "MultiHeadDotProductAttention_0/out"}
+def table(tower: TextTower) -> dict:
+    """{CLIPTextModel module path: (TextTower module path, kind)} (renamer's table)."""
+    rows = {"embeddings.token_embedding": ("Embed_0", "embed"), "final_layer_norm": ("LayerNorm_0", "norm")}
+    for i in range(tower.num_layers):
+        torch_path, flax_path = f"encoder.layers.{i}", f"TextBlock_{i}"
+        rows.update({f"{torch_path}.layer_norm1": (f"{flax_path}/LayerNorm_0", "norm"),
+                     f"{torch_path}.layer_norm2": (f"{flax_path}/LayerNorm_1", "norm"),
+                     f"{torch_path}.mlp.fc1": (f"{flax_path}/Dense_0", "dense"),
+                     f"{torch_path}.mlp.fc2": (f"{flax_path}/Dense_1", "dense"),
+                     **attention_rows(f"{torch_path}.self_attn", f"{flax_path}/MultiHeadDotProductAttention_0",
+                                      tower.num_heads, ("q_proj", "k_proj", "v_proj", "out_proj"))})
+    return rows
 
-    def rename(name: str):
+
+def _rename(tower: TextTower):
+    rename = renamer(table(tower), drop=("embeddings.position_ids",), prefix="text_model.")
+
+    def with_positions(name: str):  # the positional table is a bare parameter, not a module's
         short = name[len("text_model."):] if name.startswith("text_model.") else name
-        if short == "embeddings.position_ids":
-            return None
-        if short == "embeddings.token_embedding.weight":
-            return "params/Embed_0/embedding", same
-        if short == "embeddings.position_embedding.weight":
-            return "params/pos_embedding", same
-        if short in ("final_layer_norm.weight", "final_layer_norm.bias"):
-            return "params/LayerNorm_0/" + ("scale" if short.endswith("weight") else "bias"), same
-        match = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", short)
-        if match and match[2] in block:
-            layer, part, kind = match[1], block[match[2]], match[3]
-            if part.startswith("LayerNorm"):
-                return f"params/TextBlock_{layer}/{part}/{'scale' if kind == 'weight' else 'bias'}", same
-            if part.endswith("/out"):
-                return f"params/TextBlock_{layer}/{part}/{'kernel' if kind == 'weight' else 'bias'}", \
-                    heads_out(num_heads) if kind == "weight" else same
-            if part.startswith("MultiHead"):
-                return f"params/TextBlock_{layer}/{part}/{'kernel' if kind == 'weight' else 'bias'}", \
-                    heads_in(num_heads)
-            return f"params/TextBlock_{layer}/{part}/{'kernel' if kind == 'weight' else 'bias'}", \
-                linear if kind == "weight" else same
-        return "", same  # unexpected
-    return rename
+        return ("params/pos_embedding", lambda w: w) if short == "embeddings.position_embedding.weight" \
+            else rename(name)
+    return with_positions
 
 
 def load(folder: str, dtype: Any = jnp.float32) -> Tuple[TextTower, Any]:
@@ -86,4 +75,4 @@ def load(folder: str, dtype: Any = jnp.float32) -> Tuple[TextTower, Any]:
     tower = tower_of(read_config(path), where, dtype)
     ids = np.zeros((1, tower.max_length), np.int32)
     abstract = jax.eval_shape(tower.init, jax.random.key(0), ids, ids == 0)
-    return tower, assign(abstract, read_weights(path), _rename(tower.num_heads), where=path)
+    return tower, assign(abstract, read_weights(path), _rename(tower), where=path)
