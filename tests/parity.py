@@ -1,4 +1,6 @@
 """Helpers of the parity tests against torch implementations (issue 25): random weights and float64 noise floors."""
+import os
+
 import numpy as np
 import torch
 
@@ -24,3 +26,11 @@ def floors(run, ours: np.ndarray) -> tuple:
     reference's output as NumPy; the second number is the reference's own float32 noise floor."""
     ref32, ref64 = (np.asarray(run(d), np.float64) for d in (torch.float32, torch.float64))
     return float(np.abs(np.asarray(ours, np.float64) - ref64).max()), float(np.abs(ref32 - ref64).max())
+
+
+def save_random(model, folder: str, component: str):
+    """`model` randomised (seed 0) and saved as `folder/component` (safetensors); returns it in eval mode."""
+    model.eval()
+    randomize(model)
+    model.save_pretrained(os.path.join(folder, component))
+    return model

@@ -15,7 +15,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from diffusion_jax.pretrained import PretrainedError, autoencoder
-from tests.parity import floors, randomize
+from tests.parity import floors, save_random
 
 TOL = 1e-5
 
@@ -25,11 +25,7 @@ def build(folder: str, **overrides):
                   up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8, latent_channels=4,
                   scaling_factor=0.3)
     config.update(overrides)
-    torch.manual_seed(0)
-    model = diffusers.AutoencoderKL(**config).eval()
-    randomize(model)
-    model.save_pretrained(os.path.join(folder, "vae"))
-    return model
+    return save_random(diffusers.AutoencoderKL(**config), folder, "vae")
 
 
 @pytest.mark.parametrize("names", ["current", "legacy"])

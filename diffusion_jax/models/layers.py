@@ -14,25 +14,35 @@ Dtype = Any
 ATTENTION_IMPLEMENTATIONS = ("deferred", "flax")
 
 
-def timestep_embedding(t: jnp.ndarray, dim: int, max_period: float = 10_000.0) -> jnp.ndarray:
-    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017, sec. 3.5; Ho et al. 2020, appendix B).
+def timestep_embedding(t: jnp.ndarray, dim: int, max_period: float = 10_000.0, *, diffusers: bool = False,
+                       flip_sin_to_cos: bool = True, freq_shift: float = 0.0) -> jnp.ndarray:
+    """Sinusoidal embedding of timesteps (Vaswani et al. 2017, sec. 3.5; Ho et al. 2020, appendix B).
 
     Returns float32 [B, dim]: cos/sin pairs of t at geometrically spaced frequencies from 1 to 1/max_period.
+    `diffusers=True` computes the frequencies exp(-ln(max_period) i / (half - freq_shift)) in float32 as diffusers'
+    `Timesteps` does (this project's own models round a float64 computation: up to 1 ulp apart, which at t ~ 1000
+    moves an argument by ~1e-4 rad) and takes its `flip_sin_to_cos` ([cos, sin], SD) and `freq_shift` options.
     """
     if dim % 2:
         raise ValueError(f"timestep embedding dim must be even, got {dim}")
     half = dim // 2
-    freqs = np.exp(-np.log(max_period) * np.arange(half, dtype=np.float32) / half)
+    if diffusers:
+        exponent = np.float32(-np.log(max_period)) * jnp.arange(half, dtype=jnp.float32)
+        freqs = jnp.exp(exponent / jnp.float32(half - freq_shift))
+    else:
+        freqs = np.exp(-np.log(max_period) * np.arange(half, dtype=np.float32) / half)
     args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None, :]
-    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    pair = [jnp.cos(args), jnp.sin(args)] if flip_sin_to_cos else [jnp.sin(args), jnp.cos(args)]
+    return jnp.concatenate(pair, axis=-1)
 
 
-def group_norm(channels: int, groups: int, dtype: Dtype) -> nn.GroupNorm:
+def group_norm(channels: int, groups: int, dtype: Dtype, epsilon: float = 1e-6, name: Optional[str] = None
+               ) -> nn.GroupNorm:
     """GroupNorm with the largest group count <= `groups` that divides `channels`."""
     g = min(groups, channels)
     while channels % g:
         g -= 1
-    return nn.GroupNorm(num_groups=g, dtype=dtype)
+    return nn.GroupNorm(num_groups=g, epsilon=epsilon, dtype=dtype, name=name)
 
 
 class ResBlock(nn.Module):
@@ -42,13 +52,14 @@ class ResBlock(nn.Module):
     dropout: float = 0.0
     norm_groups: int = 8
     dtype: Dtype = jnp.float32
+    norm_eps: float = 1e-6  # SD: 1e-5
 
     @nn.compact
     def __call__(self, x, emb, train: bool):
-        h = nn.silu(group_norm(x.shape[-1], self.norm_groups, self.dtype)(x))
+        h = nn.silu(group_norm(x.shape[-1], self.norm_groups, self.dtype, self.norm_eps)(x))
         h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(h)
         h = h + nn.Dense(self.channels, dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
-        h = nn.silu(group_norm(self.channels, self.norm_groups, self.dtype)(h))
+        h = nn.silu(group_norm(self.channels, self.norm_groups, self.dtype, self.norm_eps)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         # Zero-initialised last conv: each block starts as the identity, which keeps early training stable.
         h = nn.Conv(self.channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
@@ -117,14 +128,18 @@ class MultiHeadAttention(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 convolution: halves the resolution."""
+    """Stride-2 3x3 convolution: halves the resolution. `symmetric` pads one pixel on every side as PyTorch's
+    `padding=1` (SD's U-Net); the default, Flax's SAME, pads (0, 1) on even sizes: output j reads rows 2j..2j+2,
+    not 2j-1..2j+1."""
 
     channels: int
     dtype: Dtype = jnp.float32
+    symmetric: bool = False
 
     @nn.compact
     def __call__(self, x):
-        return nn.Conv(self.channels, (3, 3), strides=(2, 2), dtype=self.dtype)(x)
+        padding = ((1, 1), (1, 1)) if self.symmetric else "SAME"
+        return nn.Conv(self.channels, (3, 3), strides=(2, 2), padding=padding, dtype=self.dtype)(x)
 
 
 class Upsample(nn.Module):
@@ -138,3 +153,68 @@ class Upsample(nn.Module):
         b, h, w, c = x.shape
         x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
         return nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x)
+
+
+def chunked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, chunk: int = 4096) -> jnp.ndarray:
+    """softmax(q k^T / sqrt(d)) v for q [B, Q, H, d], k and v [B, K, H, d] -> [B, Q, H, d], computed `chunk` queries
+    at a time (one `lax.map`), so the [B, H, chunk, K] scores fit in memory at SD 2.x's 96x96 latents (9,216
+    queries: 1.7 GB of float32 scores per image and head group at once, 0.76 GB a chunk). The logits and the softmax
+    are float32 whatever the compute dtype (diffusers' `upcast_attention`)."""
+    scale = 1.0 / np.sqrt(q.shape[-1])
+
+    def attend(q_chunk):
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q_chunk, k, preferred_element_type=jnp.float32) * scale
+        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+    n = q.shape[1]
+    if n <= chunk:
+        return attend(q)
+    pad = -n % chunk
+    chunks = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(q.shape[0], -1, chunk, *q.shape[2:])
+    out = jax.lax.map(attend, chunks.swapaxes(0, 1)).swapaxes(0, 1)
+    return out.reshape(q.shape[0], n + pad, *q.shape[2:])[:, :n]
+
+
+class Attention(nn.Module):
+    """SD's attention layer (diffusers' `Attention` as its U-Net uses it): to_q / to_k / to_v without bias, to_out
+    with bias, `num_heads` heads of width C / num_heads; keys and values from `context` (cross) or `x` (self)."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context=None):
+        b, n, c = x.shape
+        context = x if context is None else context
+        split = lambda a: a.reshape(a.shape[0], a.shape[1], self.num_heads, c // self.num_heads)  # noqa: E731
+        q = split(nn.Dense(c, use_bias=False, dtype=self.dtype, name="to_q")(x))
+        k = split(nn.Dense(c, use_bias=False, dtype=self.dtype, name="to_k")(context))
+        v = split(nn.Dense(c, use_bias=False, dtype=self.dtype, name="to_v")(context))
+        return nn.Dense(c, dtype=self.dtype, name="to_out_0")(chunked_attention(q, k, v).reshape(b, n, c))
+
+
+class SpatialTransformer(nn.Module):
+    """SD's attention block (diffusers' Transformer2DModel with one BasicTransformerBlock): GroupNorm (eps 1e-6),
+    proj_in, then x + SelfAttn(LN(x)), x + CrossAttn(LN(x), context), x + GEGLU-FF(LN(x)) (LayerNorm eps 1e-5,
+    feed-forward 4x wide, exact GELU on the gate), proj_out, plus the input. proj_in/out are Dense layers: SD 2.x's
+    linear projections, and SD 1.x's 1x1 convolutions, which are the same map on the channels (only the order of the
+    reshape differs, and it commutes with a per-pixel linear map). Parameter names follow diffusers'."""
+
+    num_heads: int
+    norm_groups: int = 32
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context):
+        b, h, w, c = x.shape
+        if c % self.num_heads:
+            raise ValueError(f"SpatialTransformer: width {c} is not divisible by num_heads={self.num_heads}")
+        y = group_norm(c, self.norm_groups, self.dtype, 1e-6, name="norm")(x).reshape(b, h * w, c)
+        y = nn.Dense(c, dtype=self.dtype, name="proj_in")(y)
+        norm = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)  # noqa: E731
+        y = y + Attention(self.num_heads, self.dtype, name="attn1")(norm("norm1")(y))
+        y = y + Attention(self.num_heads, self.dtype, name="attn2")(norm("norm2")(y), context.astype(self.dtype))
+        hidden, gate = jnp.split(nn.Dense(8 * c, dtype=self.dtype, name="ff_proj")(norm("norm3")(y)), 2, axis=-1)
+        y = y + nn.Dense(c, dtype=self.dtype, name="ff_out")(hidden * nn.gelu(gate, approximate=False))
+        return x + nn.Dense(c, dtype=self.dtype, name="proj_out")(y).reshape(b, h, w, c)
