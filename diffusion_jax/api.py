@@ -10,6 +10,9 @@
 
     clip = api.load_clip("runs/clip_scenes", "experiments/clip_scenes.py")     # texts/images -> embeddings
 
+    sd = api.StableDiffusion.load("stable-diffusion-v1-5")                     # a diffusers folder (issue 25)
+    images = sd(["an astronaut riding a horse"], steps=20, sampler="dpmpp_2m")  # uint8 [1, 512, 512, 3]
+
 Every loader takes (workdir, config[, overrides]): the run to load, the config (spec or ConfigDict) it was trained
 with, and dotted-key overrides such as {'sample.steps': 20}. Loading reads each model once and places the sampling
 weights on the devices once; calls compile once per chunk size, so a notebook can call them in a loop. `seed` and
@@ -23,6 +26,7 @@ import numpy as np
 
 from diffusion_jax.config import ConfigError, load_config
 from diffusion_jax.data import mnist
+from diffusion_jax.pretrained import pipeline as sd_pipeline
 from diffusion_jax.trainers import clip, digits, txt2img
 
 ConfigLike = Union[str, ml_collections.ConfigDict]
@@ -122,3 +126,6 @@ def load_clip(workdir: str, config: ConfigLike, overrides: Optional[dict] = None
     """A trained CLIP workdir as an `Encoder`: `.embed_texts(texts)[0]` and `.embed_images(uint8 images)` give
     unit-norm embeddings. FileNotFoundError naming the workdir if it holds no trained CLIP."""
     return clip.load(_config(config, overrides), workdir)
+
+
+StableDiffusion = sd_pipeline.StableDiffusion  # a diffusers SD 1.x / 2.x folder: load(folder), __call__, tokenize
