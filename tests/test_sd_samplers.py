@@ -49,6 +49,34 @@ def test_chain_equals_diffusers(name, folder):
         assert np.abs(ours - reference).max() <= 2e-6 * scale, (name, steps)
 
 
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_img2img_start_equals_diffusers(name):
+    """From a clean latent noised to a later step (diffusers' img2img: `strength`, `set_begin_index`, `add_noise`)."""
+    rng = np.random.default_rng(0)
+    x0, noise = (rng.normal(size=(2, 8, 8, 4)).astype(np.float32) for _ in range(2))
+    for steps, strength in ((10, 0.6), (5, 0.5), (4, 1.0), (20, 0.35)):
+        scheduler = CLASSES[name].from_config({k: v for k, v in SD1.items() if k != "_class_name"})
+        scheduler.set_timesteps(steps)
+        start = sd_samplers.start_of(steps, strength)
+        assert start == steps - min(int(steps * strength), steps)
+        ts = scheduler.timesteps[start * scheduler.order:]
+        if hasattr(scheduler, "set_begin_index"):  # as the img2img pipeline does
+            scheduler.set_begin_index(start * scheduler.order)
+        to_torch = lambda a: torch.tensor(a.transpose(0, 3, 1, 2))  # noqa: E731
+        latents = scheduler.add_noise(to_torch(x0), to_torch(noise), ts[:1])
+        for t in ts:
+            model_in = scheduler.scale_model_input(latents, t)
+            latents = scheduler.step(torch.tanh(0.7 * model_in + t.float() / 1000.0), t, latents).prev_sample
+        reference = latents.permute(0, 2, 3, 1).numpy()
+        plan = sd_samplers.plan(*sd_samplers.resolve(SD1, name), steps, start)
+        noised = sd_samplers.add_noise(plan, jnp.asarray(x0), jnp.asarray(noise))
+        ours = np.asarray(sd_samplers.run(plan, lambda x, t: jnp.tanh(0.7 * x + t[:, None, None, None] / 1000.0),
+                                          noised, noised=True))
+        np.testing.assert_array_equal(plan.t, ts.numpy().astype(np.float32), err_msg=f"{name} {steps} {strength}")
+        scale = max(1.0, float(np.abs(reference).max()), float(np.abs(noised).max()))
+        assert np.abs(ours - reference).max() <= 2e-6 * scale, (name, steps, strength)
+
+
 def test_config_resolution_and_bad_choices_are_named():
     name, config = sd_samplers.resolve(SD1)
     assert name == "pndm" and config["timestep_spacing"] == "leading" and config["steps_offset"] == 1
@@ -62,6 +90,11 @@ def test_config_resolution_and_bad_choices_are_named():
         sd_samplers.resolve({**SD1, "use_karras_sigmas": True}, "euler")
     with pytest.raises(sd_samplers.SamplerConfigError, match="skip_prk_steps=False"):
         sd_samplers.resolve({**SD1, "skip_prk_steps": False})
+    for strength in (0, 1.5, True):
+        with pytest.raises(sd_samplers.SamplerConfigError, match=r"strength=.* must be in \(0, 1\]"):
+            sd_samplers.start_of(10, strength)
+    with pytest.raises(sd_samplers.SamplerConfigError, match="runs no step"):
+        sd_samplers.start_of(10, 0.05)
     for steps in (0, 1001, 2.5):
         with pytest.raises(sd_samplers.SamplerConfigError, match=r"steps=.* must be an int in \[1, 1000\]"):
             sd_samplers.plan(*sd_samplers.resolve(SD1), steps)

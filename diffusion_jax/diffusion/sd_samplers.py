@@ -106,7 +106,8 @@ def timesteps(config: dict, steps: int, extra: int = 0) -> np.ndarray:
 
 class Plan(NamedTuple):
     """Everything a chain needs, per step i (arrays of length steps): the model's timestep, the input scale, and
-    the sampler's coefficients; `init_sigma` scales the initial unit noise."""
+    the sampler's coefficients; `init_sigma` scales the initial unit noise; `noise_scale` (a, s) noises a clean
+    latent to the first step as the scheduler's `add_noise` does (img2img: a x0 + s noise)."""
     name: str
     t: np.ndarray
     scale_in: np.ndarray
@@ -114,10 +115,23 @@ class Plan(NamedTuple):
     init_sigma: float
     prediction: str
     clip: Any  # DDIM's clip_sample_range, or None
+    noise_scale: tuple = (1.0, 1.0)
 
 
-def plan(name: str, config: dict, steps: int) -> Plan:
-    """The host-side plan of `steps` steps of sampler `name` with `config` (from `resolve`)."""
+def start_of(steps: int, strength: float) -> int:
+    """img2img's first step (diffusers' rule): int(steps * strength) steps are run, the last ones."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise SamplerConfigError(f"strength={strength!r} must be in (0, 1]")
+    run = min(int(steps * strength), steps)
+    if run < 1:
+        raise SamplerConfigError(f"strength={strength!r} with steps={steps} runs no step (int(steps * strength) "
+                                 "must be at least 1)")
+    return steps - run
+
+
+def plan(name: str, config: dict, steps: int, start: int = 0) -> Plan:
+    """The host-side plan of `steps` steps of sampler `name` with `config` (from `resolve`); `start` > 0 (img2img,
+    `start_of`) keeps the grid of `steps` and runs it from step `start`, the multistep histories starting there."""
     total = config["num_train_timesteps"]
     if not isinstance(steps, int) or not 1 <= steps <= total:
         raise SamplerConfigError(f"steps={steps!r} must be an int in [1, {total}]")
@@ -131,10 +145,12 @@ def plan(name: str, config: dict, steps: int) -> Plan:
             final = f32(1.0) if config["set_alpha_to_one"] else ac[0]
             a_prev = np.where(prev >= 0, ac[np.maximum(prev, 0)], final).astype(f32)
             clip = config["clip_sample_range"] if config["clip_sample"] else None
-            return Plan(name, ts.astype(f32), np.ones(steps, f32), {"a": ac[ts], "a_prev": a_prev}, 1.0,
-                        prediction, clip)
+            t0 = ts[start]
+            return Plan(name, ts[start:].astype(f32), np.ones(steps - start, f32),
+                        {"a": ac[ts][start:], "a_prev": a_prev[start:]}, 1.0, prediction, clip,
+                        (float(ac[t0] ** 0.5), float((1 - ac[t0]) ** 0.5)))
         if name == "pndm":
-            return _pndm_plan(config, steps, ac, prediction)
+            return _pndm_plan(config, steps, ac, prediction, start)
         all_sigmas = (((1 - ac) / ac) ** 0.5).astype(f32)
         if name == "euler":
             if config["timestep_spacing"] == "linspace":
@@ -144,10 +160,11 @@ def plan(name: str, config: dict, steps: int) -> Plan:
             sigmas = np.concatenate([np.interp(ts, np.arange(total), all_sigmas), [0.0]]).astype(f32)
             init = sigmas.max() if config["timestep_spacing"] in ("linspace", "trailing") else \
                 (sigmas.max() ** 2 + 1) ** 0.5
-            return Plan(name, ts, (1 / (sigmas[:-1] ** 2 + 1) ** 0.5).astype(f32),
-                        {"sigma": sigmas[:-1], "sigma_next": sigmas[1:]}, float(init), prediction, None)
+            return Plan(name, ts[start:], (1 / (sigmas[:-1] ** 2 + 1) ** 0.5).astype(f32)[start:],
+                        {"sigma": sigmas[:-1][start:], "sigma_next": sigmas[1:][start:]}, float(init), prediction,
+                        None, (1.0, float(sigmas[start])))
         if name == "unipc":
-            return _unipc_plan(config, steps, all_sigmas, prediction)
+            return _unipc_plan(config, steps, all_sigmas, prediction, start)
         # dpmpp_2m
         ts = timesteps(config, steps, extra=1)
         sigmas = np.concatenate([np.interp(ts, np.arange(total), all_sigmas), [0.0]]).astype(f32)
@@ -157,11 +174,13 @@ def plan(name: str, config: dict, steps: int) -> Plan:
         h = (lam[1:] - lam[:-1]).astype(f32)
         c = (alpha[1:] * (np.exp(-h) - 1)).astype(f32)
         h_prev = np.concatenate([[np.inf], h[:-1]]).astype(f32)
-        second = (np.arange(steps) > 0) & (np.arange(steps) < steps - 1)
+        second = (np.arange(steps) > start) & (np.arange(steps) < steps - 1)
         inv_r = np.where(second, h / h_prev, 0.0).astype(f32)  # 1 / r0, r0 = h_0 / h
-        return Plan(name, ts.astype(f32), np.ones(steps, f32),
-                    {"alpha": alpha[:-1], "sigma": sigma[:-1], "ratio": (sigma[1:] / sigma[:-1]).astype(f32),
-                     "c": c, "inv_r": inv_r}, 1.0, prediction, None)
+        coef = {"alpha": alpha[:-1], "sigma": sigma[:-1], "ratio": (sigma[1:] / sigma[:-1]).astype(f32), "c": c,
+                "inv_r": inv_r}
+        return Plan(name, ts[start:].astype(f32), np.ones(steps - start, f32),
+                    {k: v[start:] for k, v in coef.items()}, 1.0, prediction, None,
+                    (float(alpha[start]), float(sigma[start])))
 
 
 # PLMS: the model output used at call c is (sum_k n_k e_k) / d over the newest outputs e (this call's first).
@@ -169,11 +188,12 @@ _PLMS = {0: ((1, 0, 0, 0), 1), 1: ((1, 1, 0, 0), 2), 2: ((3, -1, 0, 0), 2), 3: (
          4: ((55, -59, 37, -9), 24)}
 
 
-def _pndm_plan(config: dict, steps: int, ac: np.ndarray, prediction: str) -> Plan:
+def _pndm_plan(config: dict, steps: int, ac: np.ndarray, prediction: str, start: int) -> Plan:
     total, f32 = config["num_train_timesteps"], np.float32
     ratio = total // steps
     grid = timesteps(config, steps)[::-1]  # ascending
     calls = np.concatenate([grid[:-1], grid[-2:-1], grid[-1:]])[::-1]  # steps + 1 calls (1 when steps == 1)
+    calls = calls[start:]  # img2img: the counter starts again there (diffusers' PNDM does the same)
     t_from, t_to = calls.copy(), calls - ratio
     if len(calls) > 1:  # the redo: from the first timestep to the second, again
         t_from[1], t_to[1] = calls[1] + ratio, calls[1]
@@ -184,10 +204,11 @@ def _pndm_plan(config: dict, steps: int, ac: np.ndarray, prediction: str) -> Pla
     weights = np.array([_PLMS[m][0] for m in mode], f32)
     return Plan("pndm", calls.astype(f32), np.ones(len(calls), f32),
                 {"a": a, "a_prev": a_prev, "n": weights, "d": np.array([_PLMS[m][1] for m in mode], f32),
-                 "redo": mode == 1, "first": mode == 0}, 1.0, prediction, None)
+                 "redo": mode == 1, "first": mode == 0}, 1.0, prediction, None,
+                (float(ac[calls[0]] ** 0.5), float((1 - ac[calls[0]]) ** 0.5)))
 
 
-def _unipc_plan(config: dict, steps: int, all_sigmas: np.ndarray, prediction: str) -> Plan:
+def _unipc_plan(config: dict, steps: int, all_sigmas: np.ndarray, prediction: str, start: int) -> Plan:
     """Per step k: the predictor x' = r x - a m_k - b (m_{k-1} - m_k), and (k > 0) the corrector of the previous
     point x_k = r' x_{k-1} - a' m_{k-1} - c1 (m_{k-2} - m_{k-1}) - c2 (m_k - m_{k-1}), with diffusers' orders
     (the predictor's order: 1 at the first and the last step, 2 between; each corrector takes its step's)."""
@@ -198,7 +219,7 @@ def _unipc_plan(config: dict, steps: int, all_sigmas: np.ndarray, prediction: st
     sigma = sig * alpha
     with np.errstate(divide="ignore", invalid="ignore"):
         lam = np.log(alpha) - np.log(sigma)
-    order = np.array([1 if k == 0 or k == steps - 1 else 2 for k in range(steps)])
+    order = np.array([1 if k == start or k == steps - 1 else 2 for k in range(steps)])
     coef = {k: np.zeros(steps) for k in ("r", "a", "b", "rc", "ac", "c1", "c2")}
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for k in range(steps):
@@ -208,7 +229,7 @@ def _unipc_plan(config: dict, steps: int, all_sigmas: np.ndarray, prediction: st
             if order[k] == 2:
                 rk = (lam[k - 1] - lam[k]) / h
                 coef["b"][k] = alpha[k + 1] * e * 0.5 / rk
-            if k == 0:
+            if k == start:
                 continue
             h = lam[k] - lam[k - 1]  # the corrector redoes step k-1 -> k, of that step's order
             hh, e = -h, np.expm1(-h)
@@ -223,12 +244,21 @@ def _unipc_plan(config: dict, steps: int, all_sigmas: np.ndarray, prediction: st
                 coef["c1"][k], coef["c2"][k] = alpha[k] * e * rho[0] / rk, alpha[k] * e * rho[1]
     coef = {k: v.astype(np.float32) for k, v in coef.items()}
     coef.update(alpha=alpha[:-1].astype(np.float32), sigma=sigma[:-1].astype(np.float32),
-                correct=np.arange(steps) > 0)
-    return Plan("unipc", ts.astype(np.float32), np.ones(steps, np.float32), coef, 1.0, prediction, None)
+                correct=np.arange(steps) > start)
+    return Plan("unipc", ts[start:].astype(np.float32), np.ones(steps - start, np.float32),
+                {k: v[start:] for k, v in coef.items()}, 1.0, prediction, None,
+                (float(np.float32(alpha[start])), float(np.float32(sigma[start]))))
 
 
-def run(p: Plan, model_fn: Callable, x_init: jax.Array) -> jax.Array:
-    """The chain of plan `p` from the unit noise `x_init`: one lax.scan; `model_fn(x, t [B]) -> output`."""
+def add_noise(p: Plan, x0: jax.Array, noise: jax.Array) -> jax.Array:
+    """A clean latent noised to the plan's first step, as the scheduler's `add_noise` (img2img's start)."""
+    a, s = p.noise_scale
+    return a * x0 + s * noise
+
+
+def run(p: Plan, model_fn: Callable, x_init: jax.Array, noised: bool = False) -> jax.Array:
+    """The chain of plan `p` from the unit noise `x_init` (scaled by `init_sigma`), or from a latent already at
+    the first step (`noised`, img2img): one lax.scan; `model_fn(x, t [B]) -> output`."""
     batch = x_init.shape[0]
     xs = {"t": jnp.asarray(p.t), "scale_in": jnp.asarray(p.scale_in),
           **{k: jnp.asarray(v) for k, v in p.coef.items()}}
@@ -272,7 +302,7 @@ def run(p: Plan, model_fn: Callable, x_init: jax.Array) -> jax.Array:
         d1 = s["inv_r"] * (x0 - previous)
         return (s["ratio"] * x - s["c"] * x0 - 0.5 * s["c"] * d1, x0), None
 
-    x = x_init * p.init_sigma
+    x = x_init if noised else x_init * p.init_sigma
     zeros = jnp.zeros_like(x)
     history = {"pndm": (zeros,) * 4, "unipc": (zeros,) * 3}.get(p.name, zeros)
     (x, _), _ = jax.lax.scan(step, (x, history), xs)

@@ -5,12 +5,15 @@ StableDiffusionPipeline computes them (issue 25, item 5; `api.StableDiffusion` i
     images = sd(prompts, negative_prompts=None, *, steps=50, guidance=7.5, sampler=None, seed=0, latents=None,
                 height=None, width=None, output="uint8")
     ids = sd.tokenize(texts)                  # int32 [N, 77], equal to CLIPTokenizer's
+    out = sd.img2img(prompts, images, strength=0.8, negative_prompts=None, *, steps=50, guidance=7.5,
+                     sampler=None, seed=0, noise=None, output="uint8")
 
 The chain: the text encoder's 77 hidden states for the prompts and the negative prompts ("" when none), unit noise
 `latents` NHWC [B, h, w, C] (drawn from `seed` when not given) scaled as the sampler says, the sampler's lax.scan
 with classifier-free guidance eps_u + g (eps_c - eps_u) (g traced), then the autoencoder's decoder on
 latents / scaling_factor and (x / 2 + 0.5) clipped to [0, 1]: `output="float"` is that float32 NHWC array
-(diffusers' output_type="np"), "uint8" its rounding to 0..255. One compile per (shape, sampler, steps).
+(diffusers' output_type="np"), "uint8" its rounding to 0..255. One compile per (shape, sampler, steps). img2img
+starts the chain where `strength` says (diffusers' rule) from the autoencoder posterior's mean, noised.
 """
 import math
 import os
@@ -77,10 +80,12 @@ class StableDiffusion:
         """int32 [N, 77]: CLIPTokenizer's ids (start, tokens cut to 75 with a warning, end, the folder's pad)."""
         return self.tokenizer.encode(_texts(texts, "texts"))
 
-    def _generate(self, plan: sd_samplers.Plan, shape: tuple):
-        key = (shape, plan.name, len(plan.t), tuple(sorted((k, repr(v)) for k, v in self.scheduler_config.items())))
+    def _generate(self, plan: sd_samplers.Plan, shape: tuple, img2img: bool):
+        """The jitted chain: text encoder, the sampler's scan under guidance, decoder; from unit noise, or (img2img)
+        from images in [-1, 1] encoded to the posterior mean and noised to the plan's first step."""
+        key = (shape, plan.name, tuple(plan.t.tolist()), img2img)  # a plan is fixed by these on one folder
         if key not in self._compiled:
-            def generate(text_params, unet_params, vae_params, ids, negative_ids, x_init, guidance):
+            def generate(text_params, unet_params, vae_params, ids, negative_ids, start, guidance):
                 ones = jnp.ones(ids.shape, bool)
                 _, context = self.text_tower.apply(text_params, jnp.concatenate([negative_ids, ids]),
                                                    jnp.concatenate([ones, ones]))
@@ -92,35 +97,33 @@ class StableDiffusion:
                     uncond, text = jnp.split(out, 2)
                     return uncond + guidance * (text - uncond)
 
-                latents = sd_samplers.run(plan, model_fn, x_init)
+                if img2img:
+                    images, noise = start
+                    mean, _ = self.vae.apply(vae_params, images, method=self.vae.encode)
+                    start = sd_samplers.add_noise(plan, self.scaling_factor * mean, noise)
+                latents = sd_samplers.run(plan, model_fn, start, noised=img2img)
                 images = self.vae.apply(vae_params, latents / self.scaling_factor, method=self.vae.decode)
                 return jnp.clip(images.astype(jnp.float32) / 2 + 0.5, 0.0, 1.0)
             self._compiled[key] = jax.jit(generate)
         return self._compiled[key]
 
-    def _latents(self, n: int, latents, seed: int, height, width) -> np.ndarray:
-        factor = self.vae.factor
-        height = self.sample_size * factor if height is None else height
-        width = self.sample_size * factor if width is None else width
-        multiple = factor * 2 ** (len(self.unet.channels) - 1)
+    def _noise(self, shape: tuple, given, seed: int, name: str) -> np.ndarray:
+        if given is None:
+            return np.asarray(jax.random.normal(jax.random.key(seed), shape, jnp.float32))
+        given = np.asarray(given, np.float32)
+        if given.shape != shape:
+            raise ValueError(f"{name} shape {given.shape} must be {shape}: NHWC [prompts, height/{self.vae.factor}, "
+                             f"width/{self.vae.factor}, {self.latent_channels}]")
+        return given
+
+    def _check_size(self, height: int, width: int) -> None:
+        multiple = self.vae.factor * 2 ** (len(self.unet.channels) - 1)
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value <= 0 or value % multiple:
                 raise ValueError(f"{name}={value!r} must be a positive multiple of {multiple} (the autoencoder's "
-                                 f"factor {factor} x the U-Net's {multiple // factor})")
-        shape = (n, height // factor, width // factor, self.latent_channels)
-        if latents is None:
-            return np.asarray(jax.random.normal(jax.random.key(seed), shape, jnp.float32))
-        latents = np.asarray(latents, np.float32)
-        if latents.shape != shape:
-            raise ValueError(f"latents shape {latents.shape} must be {shape}: NHWC [prompts, height/{factor}, "
-                             f"width/{factor}, {self.latent_channels}]")
-        return latents
+                                 f"factor {self.vae.factor} x the U-Net's {multiple // self.vae.factor})")
 
-    def __call__(self, prompts: Union[str, Sequence[str]], negative_prompts: Optional[Union[str, Sequence[str]]] = None,
-                 *, steps: int = 50, guidance: float = 7.5, sampler: Optional[str] = None, seed: int = 0,
-                 latents: Any = None, height: Optional[int] = None, width: Optional[int] = None,
-                 output: str = "uint8") -> np.ndarray:
-        """Images NHWC, one per prompt (the module docstring)."""
+    def _conditions(self, prompts, negative_prompts, guidance, output) -> tuple:
         prompts = _texts(prompts, "prompts")
         negatives = [""] * len(prompts) if negative_prompts is None else _texts(negative_prompts, "negative_prompts")
         if len(negatives) == 1 < len(prompts):
@@ -131,10 +134,65 @@ class StableDiffusion:
             raise ValueError(f"guidance={guidance!r} must be a finite number")
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r} is not one of {OUTPUTS}")
-        plan = sd_samplers.plan(*sd_samplers.resolve(self.scheduler_config, sampler), steps)
-        x_init = self._latents(len(prompts), latents, seed, height, width)
-        images = self._generate(plan, x_init.shape)(
-            self._text_params, self._unet_params, self._vae_params, self.tokenize(prompts), self.tokenize(negatives),
-            x_init, jnp.float32(guidance))
+        return self.tokenize(prompts), self.tokenize(negatives)
+
+    def _sampler(self, sampler: Optional[str]) -> tuple:
+        """(name, config) of the chosen sampler on this folder, with the two corrections diffusers' SD pipelines
+        make to the scheduler they are built with: `steps_offset` 1, `clip_sample` off (so a sampler chosen here
+        equals `StableDiffusionPipeline(..., scheduler=Class.from_pretrained(folder, subfolder="scheduler"))`)."""
+        name, config = sd_samplers.resolve(self.scheduler_config, sampler)
+        if config.get("steps_offset", 1) != 1:
+            config["steps_offset"] = 1
+        if config.get("clip_sample") is True:
+            config["clip_sample"] = False
+        return name, config
+
+    def _run(self, plan, start, ids, negative_ids, guidance, output, img2img):
+        shape = jax.tree.map(np.shape, start)
+        images = self._generate(plan, str(shape), img2img)(
+            self._text_params, self._unet_params, self._vae_params, ids, negative_ids, start, jnp.float32(guidance))
         images = np.asarray(images)
         return images if output == "float" else (images * 255).round().astype(np.uint8)
+
+    def __call__(self, prompts: Union[str, Sequence[str]], negative_prompts: Optional[Union[str, Sequence[str]]] = None,
+                 *, steps: int = 50, guidance: float = 7.5, sampler: Optional[str] = None, seed: int = 0,
+                 latents: Any = None, height: Optional[int] = None, width: Optional[int] = None,
+                 output: str = "uint8") -> np.ndarray:
+        """Images NHWC, one per prompt, from unit noise `latents` (or the seed's) (the module docstring)."""
+        ids, negative_ids = self._conditions(prompts, negative_prompts, guidance, output)
+        height = self.sample_size * self.vae.factor if height is None else height
+        width = self.sample_size * self.vae.factor if width is None else width
+        self._check_size(height, width)
+        plan = sd_samplers.plan(*self._sampler(sampler), steps)
+        shape = (len(ids), height // self.vae.factor, width // self.vae.factor, self.latent_channels)
+        x_init = self._noise(shape, latents, seed, "latents")
+        return self._run(plan, x_init, ids, negative_ids, guidance, output, img2img=False)
+
+    def img2img(self, prompts: Union[str, Sequence[str]], images: Any, strength: float = 0.8,
+                negative_prompts: Optional[Union[str, Sequence[str]]] = None, *, steps: int = 50,
+                guidance: float = 7.5, sampler: Optional[str] = None, seed: int = 0, noise: Any = None,
+                output: str = "uint8") -> np.ndarray:
+        """Images NHWC changed towards the prompts, as StableDiffusionImg2ImgPipeline: `images` (uint8, or float in
+        [0, 1], NHWC, one per prompt or one for all) encoded to the posterior mean, noised with `noise` (NHWC
+        latent-shaped unit noise, or the seed's) to the step `strength` says, and the chain's last
+        int(steps * strength) steps run from there."""
+        ids, negative_ids = self._conditions(prompts, negative_prompts, guidance, output)
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] not in (1, len(ids)):
+            raise ValueError(f"images shape {images.shape} must be NHWC [1 or {len(ids)} (one per prompt), height, "
+                             "width, 3]")
+        if images.dtype == np.uint8:
+            images = images.astype(np.float32) / 255.0
+        elif not (np.issubdtype(images.dtype, np.floating) and np.all((images >= 0) & (images <= 1))):
+            raise ValueError("images must be uint8, or float in [0, 1]")
+        images = np.broadcast_to(images.astype(np.float32) * 2 - 1, (len(ids),) + images.shape[1:])
+        self._check_size(images.shape[1], images.shape[2])
+        name, config = self._sampler(sampler)
+        if not isinstance(steps, int) or isinstance(steps, bool):
+            raise sd_samplers.SamplerConfigError(f"steps={steps!r} must be an int in [1, "
+                                                 f"{config['num_train_timesteps']}]")
+        plan = sd_samplers.plan(name, config, steps, sd_samplers.start_of(steps, strength))
+        f = self.vae.factor
+        shape = (len(ids), images.shape[1] // f, images.shape[2] // f, self.latent_channels)
+        return self._run(plan, (np.ascontiguousarray(images), self._noise(shape, noise, seed, "noise")), ids,
+                         negative_ids, guidance, output, img2img=True)
