@@ -12,11 +12,13 @@ from ml_collections import config_flags
 from diffusion_jax import distributed
 from diffusion_jax.checkpoint import CheckpointDamagedError, CheckpointMismatchError
 from diffusion_jax.config import ConfigError
+from diffusion_jax.diffusion.sd_samplers import SamplerConfigError
+from diffusion_jax.pretrained.folder import PretrainedError
 from diffusion_jax.evaluation.classifier import ClassifierCacheError
 
 # Errors that explain themselves: printed as one line (exit code 2) instead of a traceback.
 _USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, FloatingPointError, CheckpointMismatchError,
-                CheckpointDamagedError, ClassifierCacheError)
+                CheckpointDamagedError, ClassifierCacheError, PretrainedError, SamplerConfigError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, optionally file.py:preset.",
                                           lock_config=True)
@@ -36,7 +38,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "a power of two dividing train.batch_size; 0: leave XLA_FLAGS alone). Ignored when XLA_FLAGS already sets "
     "--xla_force_host_platform_device_count. Has no effect on GPU/TPU runs.")
 
-TASKS = ("digits", "clip", "txt2img", "autoencoder")
+TASKS = ("digits", "clip", "txt2img", "autoencoder", "stable_diffusion")
 
 
 def run(config, workdir: str, mode: str):
@@ -54,6 +56,12 @@ def run(config, workdir: str, mode: str):
         if mode == "embed":
             raise ConfigError("--mode=embed is CLIP's; for text embeddings use the CLIP workdir (config.clip.workdir)")
         return {"train": txt2img.train, "sample": txt2img.sample, "eval": txt2img.evaluate}[mode](config, workdir)
+    if task == "stable_diffusion":
+        from diffusion_jax.pretrained import pipeline
+        if mode != "sample":
+            raise ConfigError(f"--mode={mode} is not available for config.task='stable_diffusion' (a pretrained "
+                              "folder): it supports sample")
+        return pipeline.sample(config, workdir)
     if task == "autoencoder":
         from diffusion_jax.trainers import autoencoder
         if mode not in ("train", "eval"):
@@ -71,7 +79,8 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:  # orbax logs every file operation at INFO; -v 0 brings it back
         logging.set_verbosity(logging.WARNING)
     try:
-        distributed.split_cpu(_CPU_DEVICES.value, int(_CONFIG.value.train.batch_size))
+        train = _CONFIG.value.get("train")  # a pretrained folder's config has no train group: one device
+        distributed.split_cpu(_CPU_DEVICES.value, int(train.batch_size) if train else 1)
         distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from e

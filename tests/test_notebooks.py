@@ -70,10 +70,15 @@ def test_notebook_is_stored_without_outputs_or_training_logic(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
+def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch, request):
     monkeypatch.setenv("DIFFUSION_JAX_PRESET", "tiny")
     monkeypatch.setenv("DIFFUSION_JAX_OVERRIDES", json.dumps(CI_OVERRIDES.get(path.stem, {})))
     monkeypatch.setenv("DIFFUSION_JAX_WORKDIR", str(tmp_path / "workdir"))
+    if path.stem == "stable_diffusion":  # a tiny random SD 1.x-style folder instead of a downloaded one
+        from tests.test_stable_diffusion import build
+        build(str(tmp_path / "sd"), "sd1", request.getfixturevalue("bpe_file"))
+        monkeypatch.setenv("DIFFUSION_JAX_PRETRAINED", str(tmp_path / "sd" / "sd1"))
+        monkeypatch.setenv("DIFFUSION_JAX_STEPS", "2")
     # The kernel inherits the suite's XLA_FLAGS (conftest.py: 8 fake CPU devices, so the data-parallel path runs for
     # real, and fast compilation) and its compilation cache.
     _write_kernelspec(tmp_path / "jupyter")
@@ -91,4 +96,6 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
         failure = f"{path.name}: {_describe(nb, started['index'])} failed: {type(e).__name__}\n{ANSI.sub('', str(e))}"
     if failure:
         pytest.fail(failure, pytrace=False)
-    assert (tmp_path / "workdir" / "metrics.jsonl").exists(), "the notebook did not train in DIFFUSION_JAX_WORKDIR"
+    wrote = ("prompts.png", "img2img.png") if path.stem == "stable_diffusion" else ("metrics.jsonl",)
+    for name in wrote:
+        assert (tmp_path / "workdir" / name).exists(), f"the notebook did not write {name} in DIFFUSION_JAX_WORKDIR"

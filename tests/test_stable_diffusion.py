@@ -149,6 +149,28 @@ def test_defaults_tokenize_and_bad_input(pair):
             ours.img2img(PROMPTS, *args, **kwargs)
 
 
+def test_command_line_sample_writes_npz_json_png(pair, tmp_path):
+    from diffusion_jax.config import ConfigError, load_config
+    from diffusion_jax.main import run
+
+    pipe, ours = pair
+    config = load_config("experiments/stable_diffusion.py")
+    with pytest.raises(ConfigError, match="config.pretrained is empty"):
+        run(config, str(tmp_path), "sample")
+    config.pretrained = ours.folder
+    with pytest.raises(ConfigError, match="--mode=train is not available for config.task='stable_diffusion'"):
+        run(config, str(tmp_path), "train")
+    config.sample.update(prompts=";".join(PROMPTS), negative_prompts="blurry", steps=2, sampler="euler")
+    path = run(config, str(tmp_path), "sample")
+    with np.load(path) as f:
+        images, prompts = f["images"], list(f["prompts"])
+    assert prompts == PROMPTS and np.array_equal(images, ours(PROMPTS, "blurry", steps=2, sampler="euler"))
+    assert os.path.exists(path[:-4] + ".png") and json.load(open(path[:-4] + ".json"))["sampler"] == "euler"
+    config.sample.steps = 0
+    with pytest.raises(ConfigError, match=r"config.sample: steps=0 must be an int in \[1, 1000\]"):
+        run(config, str(tmp_path), "sample")
+
+
 def test_incomplete_folders_are_named(tmp_path):
     with pytest.raises(PretrainedError, match="model_index.json: missing"):
         api.StableDiffusion.load(str(tmp_path))

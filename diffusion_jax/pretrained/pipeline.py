@@ -17,6 +17,7 @@ starts the chain where `strength` says (diffusers' rule) from the autoencoder po
 """
 import math
 import os
+import time
 from typing import Any, Optional, Sequence, Union
 
 import jax
@@ -196,3 +197,33 @@ class StableDiffusion:
         shape = (len(ids), images.shape[1] // f, images.shape[2] // f, self.latent_channels)
         return self._run(plan, (np.ascontiguousarray(images), self._noise(shape, noise, seed, "noise")), ids,
                          negative_ids, guidance, output, img2img=True)
+
+
+def sample(config, workdir: str) -> str:
+    """--mode=sample of experiments/stable_diffusion.py: the prompts' images as npz + JSON + PNG grid (never
+    overwriting an earlier result: images.write_samples); returns the npz path."""
+    from diffusion_jax.config import ConfigError
+    from diffusion_jax.images import write_samples
+    from diffusion_jax.trainers.txt2img import read_prompts
+
+    if not config.pretrained:
+        raise ConfigError("config.pretrained is empty: the diffusers folder to load (--config.pretrained=FOLDER)")
+    s = config.sample
+    prompts = read_prompts(config)
+    negatives = [p.strip() for p in str(s.negative_prompts).split(";")] if str(s.negative_prompts).strip() else None
+    sd = StableDiffusion.load(config.pretrained, config.dtype)
+    start = time.time()
+    try:
+        images = sd(prompts, negatives, steps=s.steps, guidance=s.guidance, sampler=s.sampler or None, seed=s.seed,
+                    height=s.height or None, width=s.width or None)
+    except ValueError as e:  # a bad sampler, size, step count or guidance: named after its config key
+        raise ConfigError(f"config.sample: {e}") from None
+    seconds = time.time() - start
+    path = s.output or os.path.join(workdir, "samples", "samples.npz")
+    info = {"pretrained": os.path.abspath(config.pretrained), "sampler": s.sampler or sd.scheduler_config.get(
+        "_class_name"), "steps": s.steps, "guidance": s.guidance, "seed": s.seed, "dtype": config.dtype,
+        "negative_prompts": negatives, "seconds": seconds, "num_images": len(prompts)}
+    write_samples(path, images, {"prompts": np.asarray(prompts)}, info, [np.array([i]) for i in range(len(prompts))],
+                  row_titles=prompts)
+    print(f"sampled {len(prompts)} images in {seconds:.1f} s -> {path}")
+    return path
