@@ -3,7 +3,8 @@
   python -m diffusion_jax.main --config=experiments/stable_diffusion.py --config.pretrained=FOLDER --workdir=W \
       --mode=sample --config.sample.prompts="an astronaut riding a horse;a red fox in the snow"
 
-writes W/samples/samples.npz (uint8 images and the prompts), samples.json (how they were drawn) and samples.png.
+writes W/samples/samples.npz (uint8 images and the prompts), samples.json (how they were drawn), samples.png (a grid)
+and W/samples/samples_png/000.png, ... (one an image); an earlier result is moved aside, never overwritten.
 Nothing is downloaded: FOLDER is a local copy (e.g. `huggingface-cli download stable-diffusion-v1-5/...` done by
 you). The same from Python: `api.StableDiffusion.load(FOLDER)(prompts, ...)`.
 """

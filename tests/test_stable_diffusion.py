@@ -149,6 +149,20 @@ def test_defaults_tokenize_and_bad_input(pair):
             ours.img2img(PROMPTS, *args, **kwargs)
 
 
+def test_bfloat16_on_request(pair):
+    """bfloat16 parameters and compute (for TPU/GPU): the same images up to bfloat16's precision."""
+    pipe, ours = pair
+    half = api.StableDiffusion.load(ours.folder, dtype="bfloat16")
+    leaves = __import__("jax").tree.leaves(half._unet_params)
+    assert {str(a.dtype) for a in leaves} == {"bfloat16"}
+    latents = np.random.default_rng(1).normal(size=(1, 8, 8, 4)).astype(np.float32)
+    full = ours(PROMPTS[0], steps=3, sampler="ddim", latents=latents, output="float")
+    low = half(PROMPTS[0], steps=3, sampler="ddim", latents=latents, output="float")
+    assert np.isfinite(low).all() and np.abs(low - full).mean() < 0.05
+    with pytest.raises(ValueError, match="dtype='float16' is not one of"):
+        api.StableDiffusion.load(ours.folder, dtype="float16")
+
+
 def test_command_line_sample_writes_npz_json_png(pair, tmp_path):
     from diffusion_jax.config import ConfigError, load_config
     from diffusion_jax.main import run
@@ -166,6 +180,7 @@ def test_command_line_sample_writes_npz_json_png(pair, tmp_path):
         images, prompts = f["images"], list(f["prompts"])
     assert prompts == PROMPTS and np.array_equal(images, ours(PROMPTS, "blurry", steps=2, sampler="euler"))
     assert os.path.exists(path[:-4] + ".png") and json.load(open(path[:-4] + ".json"))["sampler"] == "euler"
+    assert sorted(os.listdir(path[:-4] + "_png")) == ["000.png", "001.png"]
     config.sample.steps = 0
     with pytest.raises(ConfigError, match=r"config.sample: steps=0 must be an int in \[1, 1000\]"):
         run(config, str(tmp_path), "sample")

@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from diffusion_jax.diffusion import sd_samplers
 from diffusion_jax.pretrained import autoencoder, text_encoder, unet as unet_loader
@@ -200,8 +201,8 @@ class StableDiffusion:
 
 
 def sample(config, workdir: str) -> str:
-    """--mode=sample of experiments/stable_diffusion.py: the prompts' images as npz + JSON + PNG grid (never
-    overwriting an earlier result: images.write_samples); returns the npz path."""
+    """--mode=sample of experiments/stable_diffusion.py: the prompts' images as npz + JSON + PNG grid and one PNG an
+    image in `<npz>_png/` (never overwriting an earlier result); returns the npz path."""
     from diffusion_jax.config import ConfigError
     from diffusion_jax.images import write_samples
     from diffusion_jax.trainers.txt2img import read_prompts
@@ -225,5 +226,11 @@ def sample(config, workdir: str) -> str:
         "negative_prompts": negatives, "seconds": seconds, "num_images": len(prompts)}
     write_samples(path, images, {"prompts": np.asarray(prompts)}, info, [np.array([i]) for i in range(len(prompts))],
                   row_titles=prompts)
-    print(f"sampled {len(prompts)} images in {seconds:.1f} s -> {path}")
+    folder = path[:-4] + "_png"  # one PNG an image; an earlier folder is moved aside, as write_samples does
+    if os.path.isdir(folder):
+        os.replace(folder, folder + time.strftime("-%Y%m%d-%H%M%S"))
+    os.makedirs(folder)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(os.path.join(folder, f"{i:03d}.png"))
+    print(f"sampled {len(prompts)} images in {seconds:.1f} s -> {path}, {folder}/")
     return path
