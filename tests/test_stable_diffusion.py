@@ -123,6 +123,7 @@ def test_img2img_equals_diffusers(pair, sampler, monkeypatch):
     assert got.shape == want.shape == (2, 16, 16, 3) and error <= TOL, (sampler, strength, error)
 
 
+@pytest.mark.parametrize("pair", ["sd2"], indirect=True)  # one style is enough (CI time)
 def test_defaults_tokenize_and_bad_input(pair):
     pipe, ours = pair
     assert np.array_equal(ours.tokenize(PROMPTS), pipe.tokenizer(PROMPTS, padding="max_length", max_length=77,
@@ -149,6 +150,7 @@ def test_defaults_tokenize_and_bad_input(pair):
             ours.img2img(PROMPTS, *args, **kwargs)
 
 
+@pytest.mark.parametrize("pair", ["sd1"], indirect=True)  # one style is enough (CI time)
 def test_bfloat16_on_request(pair):
     """bfloat16 parameters and compute (for TPU/GPU): the same images up to bfloat16's precision."""
     pipe, ours = pair
@@ -163,6 +165,7 @@ def test_bfloat16_on_request(pair):
         api.StableDiffusion.load(ours.folder, dtype="float16")
 
 
+@pytest.mark.parametrize("pair", ["sd2"], indirect=True)  # one style is enough (CI time)
 def test_command_line_sample_writes_npz_json_png(pair, tmp_path):
     from diffusion_jax.config import ConfigError, load_config
     from diffusion_jax.main import run
