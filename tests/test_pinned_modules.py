@@ -52,12 +52,12 @@ PINNED = {  # name: (tree hash, sum |params|, sum output, sum |output|), from `p
 
 
 def _pin(module, args):
-    params = module.init(jax.random.key(0), *args)
+    params = jax.jit(module.init)(jax.random.key(0), *args)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     tree = hashlib.sha256(repr([(jax.tree_util.keystr(p), v.shape, str(v.dtype)) for p, v in flat]).encode())
     # Zero-initialised output layers would give zero outputs: apply a fixed perturbation of every parameter.
     moved = jax.tree.map(lambda v: v + 0.02 * jnp.cos(jnp.arange(v.size, dtype=v.dtype)).reshape(v.shape), params)
-    out = module.apply(moved, *args)
+    out = jax.jit(module.apply)(moved, *args)
     leaves = [np.asarray(v, np.float64) for v in jax.tree.leaves(out)]
     return (tree.hexdigest()[:16], float(sum(np.abs(np.asarray(v, np.float64)).sum() for _, v in flat)),
             float(sum(v.sum() for v in leaves)), float(sum(np.abs(v).sum() for v in leaves)))

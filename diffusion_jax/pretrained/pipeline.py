@@ -82,32 +82,53 @@ class StableDiffusion:
         """int32 [N, 77]: CLIPTokenizer's ids (start, tokens cut to 75 with a warning, end, the folder's pad)."""
         return self.tokenizer.encode(_texts(texts, "texts"))
 
-    def _generate(self, plan: sd_samplers.Plan, shape: tuple, img2img: bool):
-        """The jitted chain: text encoder, the sampler's scan under guidance, decoder; from unit noise, or (img2img)
-        from images in [-1, 1] encoded to the posterior mean and noised to the plan's first step."""
-        key = (shape, plan.name, tuple(plan.t.tolist()), img2img)  # a plan is fixed by these on one folder
+    def _jitted(self, key, make):
         if key not in self._compiled:
-            def generate(text_params, unet_params, vae_params, ids, negative_ids, start, guidance):
-                ones = jnp.ones(ids.shape, bool)
-                _, context = self.text_tower.apply(text_params, jnp.concatenate([negative_ids, ids]),
-                                                   jnp.concatenate([ones, ones]))
-                cond = {"tokens": context, "mask": jnp.concatenate([ones, ones]),
-                        "pooled": jnp.zeros((2 * ids.shape[0], context.shape[-1]), context.dtype)}
+            self._compiled[key] = jax.jit(make())
+        return self._compiled[key]
+
+    def _generate(self, plan: sd_samplers.Plan, ids, negative_ids, start, guidance, img2img: bool):
+        """Text encoder, then (img2img) the images encoded to the posterior mean and noised to the plan's first
+        step, the sampler's scan under guidance, the decoder: each jitted on its own, so another sampler or step
+        count recompiles only the chain (a compile a (shape, sampler, steps))."""
+        def encode_text():
+            def encode(params, ids, negative_ids):
+                both = jnp.concatenate([negative_ids, ids])
+                return self.text_tower.apply(params, both, jnp.ones(both.shape, bool))[1]
+            return encode
+
+        def chain():
+            def run(unet_params, context, x, guidance):
+                n = context.shape[0]
+                cond = {"tokens": context, "mask": jnp.ones(context.shape[:2], bool),
+                        "pooled": jnp.zeros((n, context.shape[-1]), context.dtype)}
 
                 def model_fn(x, t):
                     out = self.unet.apply(unet_params, jnp.concatenate([x, x]), jnp.concatenate([t, t]), cond)
                     uncond, text = jnp.split(out, 2)
                     return uncond + guidance * (text - uncond)
+                return sd_samplers.run(plan, model_fn, x, noised=img2img)
+            return run
 
-                if img2img:
-                    images, noise = start
-                    mean, _ = self.vae.apply(vae_params, images, method=self.vae.encode)
-                    start = sd_samplers.add_noise(plan, self.scaling_factor * mean, noise)
-                latents = sd_samplers.run(plan, model_fn, start, noised=img2img)
+        def encode_images():
+            def encode(vae_params, images, noise):
+                mean, _ = self.vae.apply(vae_params, images, method=self.vae.encode)
+                return sd_samplers.add_noise(plan, self.scaling_factor * mean, noise)
+            return encode
+
+        def decode():
+            def run(vae_params, latents):
                 images = self.vae.apply(vae_params, latents / self.scaling_factor, method=self.vae.decode)
                 return jnp.clip(images.astype(jnp.float32) / 2 + 0.5, 0.0, 1.0)
-            self._compiled[key] = jax.jit(generate)
-        return self._compiled[key]
+            return run
+
+        context = self._jitted(("text", ids.shape), encode_text)(self._text_params, ids, negative_ids)
+        if img2img:  # the noising depends on the plan's first step: keyed by it
+            start = self._jitted(("encode", np.shape(start[0]), plan.noise_scale), encode_images)(
+                self._vae_params, *start)
+        key = ("chain", np.shape(start), plan.name, tuple(plan.t.tolist()), img2img)
+        latents = self._jitted(key, chain)(self._unet_params, context, start, guidance)
+        return self._jitted(("decode", latents.shape), decode)(self._vae_params, latents)
 
     def _noise(self, shape: tuple, given, seed: int, name: str) -> np.ndarray:
         if given is None:
@@ -150,10 +171,7 @@ class StableDiffusion:
         return name, config
 
     def _run(self, plan, start, ids, negative_ids, guidance, output, img2img):
-        shape = jax.tree.map(np.shape, start)
-        images = self._generate(plan, str(shape), img2img)(
-            self._text_params, self._unet_params, self._vae_params, ids, negative_ids, start, jnp.float32(guidance))
-        images = np.asarray(images)
+        images = np.asarray(self._generate(plan, ids, negative_ids, start, jnp.float32(guidance), img2img))
         return images if output == "float" else (images * 255).round().astype(np.uint8)
 
     def __call__(self, prompts: Union[str, Sequence[str]], negative_prompts: Optional[Union[str, Sequence[str]]] = None,
