@@ -119,7 +119,7 @@ def test_a_latent_json_of_another_model_is_a_named_mismatch(tmp_path):
     config = _tiny("autoencoder_scenes")
     task = autoencoder.AutoencoderTask(config)
     (tmp_path / autoencoder.LATENT_FILE).write_text(json.dumps({"scale": 1.0, "latent_shape": [8, 8, 3], "step": 0}))
-    state = task.init_state()
+    state = jax.jit(task.init_state)()
     with pytest.raises(CheckpointMismatchError, match=r"records latent_shape \[8, 8, 3\] for step 0, but the config "
                                                       r"builds \[32, 32, 4\] \(config\.model\.channels"):
         autoencoder.ensure_latent_info(task, str(tmp_path), state, np.zeros((4, 64, 64, 3), np.uint8))

@@ -10,6 +10,7 @@ import os
 import re
 
 import diffusers
+import jax
 import numpy as np
 import pytest
 import torch
@@ -41,7 +42,7 @@ def test_prediction_equals_diffusers(tmp_path, style):
     t = np.array([999, 7], np.int32)
     context = rng.normal(size=(2, 77, 24)).astype(np.float32)
     cond = {"tokens": context, "mask": np.ones((2, 77), bool), "pooled": np.zeros((2, 24), np.float32)}
-    ours = unet.apply(params, x, t, cond)
+    ours = jax.jit(unet.apply)(params, x, t, cond)
 
     def run(dtype):
         with torch.no_grad():
@@ -68,8 +69,8 @@ def test_unsupported_options_are_named(tmp_path):
 
 
 def test_chunked_attention_equals_the_whole():
-    """SD's first level attends over 4,096 (SD 1.5) or 9,216 (SD 2.x) tokens: computed in blocks of queries and keys
-    with an online softmax (padding to whole blocks, padded keys masked) it is the same function."""
+    """SD's first level attends over 4,096 (SD 1.5) or 9,216 (SD 2.x) tokens: computed one (batch, head) pair and a
+    block of queries at a time (the last block padded) it is the same function."""
     import jax
     import jax.numpy as jnp
 
@@ -77,7 +78,7 @@ def test_chunked_attention_equals_the_whole():
 
     q, k, v = (jax.random.normal(jax.random.key(i), (2, n, 3, 8)) for i, n in enumerate((70, 50, 50)))
     whole = chunked_attention(q, k, v, chunk=4096)
-    for chunk, key_chunk in ((16, 4096), (4096, 16), (16, 12)):
-        np.testing.assert_allclose(chunked_attention(q, k, v, chunk, key_chunk), whole, rtol=1e-5, atol=1e-6)
+    for chunk in (16, 35, 69):
+        np.testing.assert_allclose(chunked_attention(q, k, v, chunk), whole, rtol=1e-5, atol=1e-6)
     reference = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8), axis=-1)
     np.testing.assert_allclose(whole, jnp.einsum("bhqk,bkhd->bqhd", reference, v), rtol=1e-5, atol=1e-6)

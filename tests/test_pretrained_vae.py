@@ -9,6 +9,7 @@ import json
 import os
 
 import diffusers
+import jax
 import numpy as np
 import pytest
 import torch
@@ -44,7 +45,7 @@ def test_encode_decode_equal_diffusers(tmp_path, names):
     assert scaling == 0.3 and module.mid_attention and module.upsample_keeps_width
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
-    mean, logvar = module.apply(params, images, method=module.encode)
+    mean, logvar = jax.jit(lambda p, x: module.apply(p, x, method=module.encode))(params, images)
 
     def encode(dtype):
         with torch.no_grad():
@@ -55,7 +56,7 @@ def test_encode_decode_equal_diffusers(tmp_path, names):
     print(f"encode: |ours - float64| {error:.2e}, |diffusers float32 - float64| {floor:.2e}")
     assert error <= TOL
     z = rng.normal(size=(2, 16, 16, 4)).astype(np.float32)
-    decoded = module.apply(params, z, method=module.decode)
+    decoded = jax.jit(lambda p, z: module.apply(p, z, method=module.decode))(params, z)
 
     def decode(dtype):
         with torch.no_grad():

@@ -95,6 +95,6 @@ def test_config_resolution_and_bad_choices_are_named():
             sd_samplers.start_of(10, strength)
     with pytest.raises(sd_samplers.SamplerConfigError, match="runs no step"):
         sd_samplers.start_of(10, 0.05)
-    for steps in (0, 1001, 2.5):
+    for steps in (0, 1001, 2.5, True):  # a bool is not a step count
         with pytest.raises(sd_samplers.SamplerConfigError, match=r"steps=.* must be an int in \[1, 1000\]"):
             sd_samplers.plan(*sd_samplers.resolve(SD1), steps)

@@ -82,7 +82,7 @@ def test_guidance_scale_one_is_the_conditional_prediction(unet):
     cond, null = _cond(rng, 3, [2, 4, 6]), _cond(rng, 3, [2, 2, 2])
     x = rng.normal(size=(3, 32, 32, 3)).astype(np.float32)
     t = np.array([1, 10, 90], np.int32)
-    apply = lambda x, t, c: model.apply(params, x, t, c)  # noqa: E731
+    apply = jax.jit(lambda x, t, c: model.apply(params, x, t, c))
     guided = jax.jit(lambda g: samplers.classifier_free_guidance(apply, cond, null, g)(x, t))
     np.testing.assert_allclose(guided(1.0), apply(x, t, cond), rtol=1e-5, atol=1e-5)
     assert np.abs(np.asarray(guided(3.0)) - np.asarray(apply(x, t, cond))).max() > 1e-3

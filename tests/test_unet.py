@@ -11,7 +11,7 @@ MODEL = UNet(channels=(8, 16), attention_resolutions=(8,), num_classes=10, patch
 
 
 def _params(model, x):
-    params = model.init(jax.random.key(0), x, jnp.zeros(len(x), jnp.int32), jnp.zeros(len(x), jnp.int32))
+    params = jax.jit(model.init)(jax.random.key(0), x, jnp.zeros(len(x), jnp.int32), jnp.zeros(len(x), jnp.int32))
     # Zero-initialised output layers make a fresh U-Net predict exactly 0; perturb every weight so the test sees
     # how inputs flow through the whole network.
     rng = np.random.default_rng(1)  # NumPy: one jax.random call per leaf shape would compile dozens of programs
@@ -45,7 +45,7 @@ def perturbed():
 
 def test_prediction_depends_on_time_and_label(perturbed):
     x, params = perturbed
-    apply = MODEL.apply
+    apply = jax.jit(MODEL.apply)  # one compile, not one an op
     base = apply(params, x, jnp.array([10, 10]), jnp.array([3, 3]))
     other_t = apply(params, x, jnp.array([900, 900]), jnp.array([3, 3]))
     other_label = apply(params, x, jnp.array([10, 10]), jnp.array([7, 7]))
@@ -61,8 +61,8 @@ def test_prediction_depends_on_time_and_label(perturbed):
 def test_bfloat16_compute_gives_float32_output_close_to_float32(perturbed):
     x, params = perturbed
     t, y = jnp.array([5, 600]), jnp.array([1, 2])
-    full = MODEL.apply(params, x, t, y)
-    half = MODEL.clone(dtype=jnp.bfloat16).apply(params, x, t, y)
+    full = jax.jit(MODEL.apply)(params, x, t, y)
+    half = jax.jit(MODEL.clone(dtype=jnp.bfloat16).apply)(params, x, t, y)
     assert half.dtype == jnp.float32
     assert float(jnp.mean(jnp.abs(half - full))) < 0.05 * float(jnp.mean(jnp.abs(full)))
 

@@ -118,6 +118,13 @@ class Plan(NamedTuple):
     noise_scale: tuple = (1.0, 1.0)
 
 
+def check_steps(steps: int, config: dict) -> None:
+    """A step count is an int (not a bool) in [1, num_train_timesteps]; else a named SamplerConfigError."""
+    total = config["num_train_timesteps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= total:
+        raise SamplerConfigError(f"steps={steps!r} must be an int in [1, {total}]")
+
+
 def start_of(steps: int, strength: float) -> int:
     """img2img's first step (diffusers' rule): int(steps * strength) steps are run, the last ones."""
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
@@ -132,9 +139,8 @@ def start_of(steps: int, strength: float) -> int:
 def plan(name: str, config: dict, steps: int, start: int = 0) -> Plan:
     """The host-side plan of `steps` steps of sampler `name` with `config` (from `resolve`); `start` > 0 (img2img,
     `start_of`) keeps the grid of `steps` and runs it from step `start`, the multistep histories starting there."""
+    check_steps(steps, config)
     total = config["num_train_timesteps"]
-    if not isinstance(steps, int) or not 1 <= steps <= total:
-        raise SamplerConfigError(f"steps={steps!r} must be an int in [1, {total}]")
     ac = alphas_cumprod(config)
     f32 = np.float32
     prediction = config["prediction_type"]

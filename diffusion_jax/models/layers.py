@@ -155,48 +155,35 @@ class Upsample(nn.Module):
         return nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x)
 
 
-def chunked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, chunk: int = 1024,
-                      key_chunk: int = 1024) -> jnp.ndarray:
+def chunked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, chunk: int = 512) -> jnp.ndarray:
     """softmax(q k^T / sqrt(d)) v for q [B, Q, H, d], k and v [B, K, H, d] -> [B, Q, H, d].
 
-    Above `chunk` queries or `key_chunk` keys it runs in blocks: `chunk` queries at a time (one `lax.map`), each
-    over the keys `key_chunk` at a time with a running maximum and sum (the online softmax of flash attention, one
-    `lax.scan`), so no [B, H, Q, K] score array is ever whole: at SD 1.5's 64x64 latents (4,096 tokens, 8 heads,
-    batch 2) that array is 1.07 GB, and the blocked form ran 2.2x faster on this CPU (1.05 vs 2.31 s); at SD 2.x's
-    96x96 it would be 5.4 GB per head group. Padded keys are masked. Logits, softmax and sums are float32 whatever the
-    compute dtype (diffusers' `upcast_attention`)."""
+    Above `chunk` queries it runs one (batch, head) pair and `chunk` queries at a time (two nested `lax.map`s) over
+    all the keys, so the largest score array is [chunk, K] (8 MB at SD 1.5's 4,096 tokens, 19 MB at SD 2.x's 9,216)
+    instead of [B, H, Q, K] (1.07 GB at SD 1.5's 64x64 latents, batch 2, 8 heads). On this CPU, at SD 1.5's 4,096
+    tokens, that ran 3x faster than the whole array and 1.7x faster than query x key blocks with an online softmax
+    (0.34 vs 1.08 and 0.57 s; torch's fused kernel 0.31 s), and at its 1,024 tokens 2x faster than the whole array
+    (0.037 vs 0.072 s): each block is two plain matmuls on contiguous [tokens, d] operands.
+    Logits and softmax are float32 whatever the compute dtype (diffusers' `upcast_attention`)."""
     scale = 1.0 / np.sqrt(q.shape[-1])
     b, n, h, d = q.shape
-    m = k.shape[1]
-    if n <= chunk and m <= key_chunk:
+    if n <= chunk:
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
         return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
-    chunk, key_chunk = min(chunk, n), min(key_chunk, m)  # e.g. cross-attention's 77 keys: one unpadded block
-    q_pad, k_pad = -n % chunk, -m % key_chunk
-    blocks = lambda a, size: a.reshape(b, -1, size, h, d).swapaxes(0, 1)  # noqa: E731  [blocks, B, size, H, d]
-    k_blocks = blocks(jnp.pad(k, ((0, 0), (0, k_pad), (0, 0), (0, 0))), key_chunk)
-    v_blocks = blocks(jnp.pad(v, ((0, 0), (0, k_pad), (0, 0), (0, 0))), key_chunk)
-    valid = (jnp.arange(m + k_pad) < m).reshape(-1, key_chunk)  # [blocks, key_chunk]
+    pad = -n % chunk
+    groups = lambda a: a.transpose(0, 2, 1, 3).reshape(b * h, a.shape[1], d)  # noqa: E731  [B*H, tokens, d]
+    q_blocks = groups(jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))).reshape(b * h, -1, chunk, d)
 
-    def attend(q_block):  # [B, chunk, H, d] -> same
-        def step(carry, xs):
-            top, total, acc = carry
-            k_block, v_block, keep = xs
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q_block, k_block, preferred_element_type=jnp.float32) * scale
-            logits = jnp.where(keep[None, None, None, :], logits, -jnp.inf)
-            new_top = jnp.maximum(top, logits.max(axis=-1))
-            weights = jnp.exp(logits - new_top[..., None])
-            shrink = jnp.exp(top - new_top)
-            acc = acc * shrink[..., None] + jnp.einsum("bhqk,bkhd->bhqd", weights, v_block.astype(jnp.float32))
-            return (new_top, total * shrink + weights.sum(axis=-1), acc), None
-        start = (jnp.full((b, h, chunk), -jnp.inf, jnp.float32), jnp.zeros((b, h, chunk), jnp.float32),
-                 jnp.zeros((b, h, chunk, d), jnp.float32))
-        (_, total, acc), _ = jax.lax.scan(step, start, (k_blocks, v_blocks, valid))
-        return (acc / total[..., None]).transpose(0, 2, 1, 3).astype(v.dtype)
+    def attend_group(args):  # [blocks, chunk, d], [K, d], [K, d] -> [blocks, chunk, d]
+        q_group, k_group, v_group = args
 
-    q_blocks = blocks(jnp.pad(q, ((0, 0), (0, q_pad), (0, 0), (0, 0))), chunk)
-    out = jax.lax.map(attend, q_blocks).swapaxes(0, 1)
-    return out.reshape(b, n + q_pad, h, d)[:, :n]
+        def attend(q_block):
+            logits = jnp.matmul(q_block, k_group.T, preferred_element_type=jnp.float32) * scale
+            return jnp.matmul(jax.nn.softmax(logits, axis=-1).astype(v.dtype), v_group)
+        return jax.lax.map(attend, q_group)
+
+    out = jax.lax.map(attend_group, (q_blocks, groups(k), groups(v)))  # [B*H, blocks, chunk, d]
+    return out.reshape(b, h, n + pad, d)[:, :, :n].transpose(0, 2, 1, 3)
 
 
 class Attention(nn.Module):

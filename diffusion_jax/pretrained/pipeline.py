@@ -208,9 +208,7 @@ class StableDiffusion:
         images = np.broadcast_to(images.astype(np.float32) * 2 - 1, (len(ids),) + images.shape[1:])
         self._check_size(images.shape[1], images.shape[2])
         name, config = self._sampler(sampler)
-        if not isinstance(steps, int) or isinstance(steps, bool):
-            raise sd_samplers.SamplerConfigError(f"steps={steps!r} must be an int in [1, "
-                                                 f"{config['num_train_timesteps']}]")
+        sd_samplers.check_steps(steps, config)  # before start_of multiplies it
         plan = sd_samplers.plan(name, config, steps, sd_samplers.start_of(steps, strength))
         f = self.vae.factor
         shape = (len(ids), images.shape[1] // f, images.shape[2] // f, self.latent_channels)
