@@ -205,8 +205,8 @@ class Checkpointer:
         return new
 
     # ------------------------------------------------------------------ restore
-    def restore(self, abstract_state: Any) -> tuple[int, Any] | None:
-        """Restores the newest good checkpoint into the structure of `abstract_state`.
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any] | None:
+        """Restores the newest good checkpoint (or the one of `step`) into the structure of `abstract_state`.
 
         `abstract_state` is the state the current config builds, as `jax.ShapeDtypeStruct` leaves (e.g.
         `jax.eval_shape(init_fn)` or `jax.tree.map(ocp.utils.to_shape_dtype_struct, state)`) or as
@@ -221,12 +221,19 @@ class Checkpointer:
         error (`_is_damage` says which are damage) propagates without trying an older step. With several
         processes, a step is used only if every process read it, so all return the same step; an error
         on one process makes every process raise. Nothing on disk is written, renamed or deleted here.
+        A given `step` is the only one tried: FileNotFoundError listing the finished steps when it is not one,
+        CheckpointDamagedError when it is damaged (no other step is read instead).
         """
         config_specs = _leaf_specs(abstract_state, "abstract_state")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         steps = _agreed_steps(self.all_steps())
         if not steps:
             return None
+        if step is not None:
+            if step not in steps:
+                raise FileNotFoundError(f"no finished checkpoint of step {step} in {self.directory} (finished steps: "
+                                        f"{steps})")
+            steps = [step]
         self._damaged_steps = set()  # what this scan finds; a step repaired since an earlier scan is kept
         failures = []
         for step in reversed(steps):
@@ -466,8 +473,10 @@ def _short_reason(exc: BaseException) -> str:
     return reason if len(reason) <= _MAX_REASON_CHARS else reason[:_MAX_REASON_CHARS] + "..."
 
 
-def restore_latest(directory: str | os.PathLike, abstract_state: Any, *, hint: str) -> tuple[int, Any]:
-    """`(step, state)` of the newest good checkpoint in `directory`, for sampling, evaluation and frozen models.
+def restore_latest(directory: str | os.PathLike, abstract_state: Any, *, hint: str,
+                   step: int | None = None) -> tuple[int, Any]:
+    """`(step, state)` of the newest good checkpoint in `directory` (or of `step`: `Checkpointer.restore`), for
+    sampling, evaluation and frozen models.
 
     Raises FileNotFoundError naming the directory, followed by `hint` (what to run first, e.g. '(...): train
     first'), when it holds no
@@ -476,7 +485,10 @@ def restore_latest(directory: str | os.PathLike, abstract_state: Any, *, hint: s
     if not epath.Path(os.fspath(directory)).exists():  # checked first: a Checkpointer would create the folder
         raise FileNotFoundError(f"no checkpoint in {os.fspath(directory)} {hint}")
     with Checkpointer(directory) as checkpointer:
-        restored = checkpointer.restore(abstract_state)
+        try:
+            restored = checkpointer.restore(abstract_state, step)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e} {hint}") from None
     if restored is None:
         raise FileNotFoundError(f"no finished checkpoint in {os.fspath(directory)} {hint}")
     return restored

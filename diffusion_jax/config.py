@@ -190,6 +190,7 @@ def sample_group(**overrides) -> ml_collections.ConfigDict:
         batch_size=500,
         seed=1,
         use_ema=True,
+        checkpoint_step=0,  # with --mode=sample / eval: the kept checkpoint of this step (0: the newest good one)
     ), overrides)
 
 

@@ -417,3 +417,19 @@ def test_restore_latest_names_the_missing_directory_and_creates_nothing(tmp_path
     save_steps(tmp_path / "ck", {3: make_state(step=3)})
     step, state = restore_latest(tmp_path / "ck", abstract_of(make_state()), hint="")
     assert step == 3 and int(state.step) == 3
+
+
+def test_restore_of_a_given_step_reads_that_step_only(ckpt_dir):
+    """`step` (sample.checkpoint_step: scoring a run's kept checkpoints) restores that step, not the newest; a step
+    that is not there is named with the steps that are; a damaged one raises instead of falling back."""
+    from diffusion_jax.checkpoint import restore_latest
+    states = {1: make_state(seed=1, step=1), 2: make_state(seed=2, step=2), 3: make_state(seed=3, step=3)}
+    save_steps(ckpt_dir, states)
+    step, restored = restore_latest(ckpt_dir, abstract_of(states[1]), hint="", step=2)
+    assert step == 2
+    assert_states_equal(restored, states[2])
+    with pytest.raises(FileNotFoundError, match=r"no finished checkpoint of step 5 in .* \[1, 2, 3\]\) run it"):
+        restore_latest(ckpt_dir, abstract_of(states[1]), hint="run it", step=5)
+    truncate_data_file(ckpt_dir / "1")
+    with pytest.raises(CheckpointDamagedError, match=r"Tried steps \[1\]"), Checkpointer(ckpt_dir) as ckpt:
+        ckpt.restore(abstract_of(states[1]), step=1)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffusion_jax.models import layers
 from diffusion_jax.pretrained import PretrainedError, unet as unet_loader
 from tests.parity import floors, save_random
 
@@ -53,6 +54,13 @@ def test_prediction_equals_diffusers(tmp_path, style):
     error, floor = floors(run, ours)
     print(f"{style}: |ours - float64| {error:.2e}, |diffusers float32 - float64| {floor:.2e}")
     assert ours.shape == x.shape and error <= TOL
+    # The pipeline's CPU path: every 3x3 convolution here (maps 16, 8, 4) by Winograd, kernels transformed once.
+    fast = unet.clone(winograd=16)
+    prepared = {**params, **jax.jit(lambda p: layers.winograd_variables(fast, p, x, t, cond))(params)}
+    assert len(jax.tree.leaves(prepared["winograd"])) == 2 + 2 * 2 * 3 + 3 * 2 * 3 + 2 * 2 + 2  # in/out, res, up
+    winograd, _ = floors(run, jax.jit(fast.apply)(prepared, x, t, cond))
+    print(f"{style} by Winograd F(2x2, 3x3): |ours - float64| {winograd:.2e}")
+    assert winograd <= TOL
 
 
 def test_unsupported_options_are_named(tmp_path):
@@ -82,3 +90,28 @@ def test_chunked_attention_equals_the_whole():
         np.testing.assert_allclose(chunked_attention(q, k, v, chunk), whole, rtol=1e-5, atol=1e-6)
     reference = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8), axis=-1)
     np.testing.assert_allclose(whole, jnp.einsum("bhqk,bkhd->bqhd", reference, v), rtol=1e-5, atol=1e-6)
+
+
+def test_winograd_convolution_equals_the_direct_one():
+    """F(2x2, 3x3) is the same convolution as XLA's (odd sizes padded and cropped back); as `nn.Conv`'s convolution
+    it keeps the parameters and applies only where it should (3x3, stride 1, SAME, maps at most `winograd` a side)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 3, 5)) / np.sqrt(27), jnp.float32)
+    for h, w in ((1, 1), (2, 2), (3, 5), (7, 7), (6, 4)):
+        x = jnp.asarray(rng.normal(size=(2, h, w, 3)), jnp.float32)
+        direct = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        np.testing.assert_allclose(layers.winograd_conv(x, layers.winograd_kernel(kernel)), direct, atol=2e-6)
+
+    x = jnp.asarray(rng.normal(size=(1, 8, 8, 3)), jnp.float32)
+    plain = nn.Conv(5, (3, 3))
+    params = plain.init(jax.random.key(0), x)
+    for module, size, used in ((layers.conv(5, winograd=4), 8, False), (layers.conv(5, winograd=8), 8, True),
+                               (nn.Conv(5, (3, 3), strides=2, conv_general_dilated_cls=lambda: layers.WinogradConv(8)),
+                                8, False)):
+        assert jax.tree.structure(module.init(jax.random.key(0), x)) == jax.tree.structure(params)
+        out, state = module.apply(params, x[:, :size, :size], mutable=["winograd"])
+        assert bool(state) == used
+        np.testing.assert_allclose(out, plain.clone(strides=module.strides).apply(params, x), atol=2e-6)

@@ -395,6 +395,29 @@ def test_real_sweep_files_are_valid(monkeypatch):
     assert set(scenes.fixed) == {"clip.workdir", "autoencoder.workdir", "train.max_to_keep"}
 
 
+def test_curve_sweep_scores_every_kept_checkpoint_of_the_finished_training_points(tmp_path, monkeypatch):
+    """Issue 26's wall-time curve: one eval point a kept checkpoint (every 1,000 steps and the last) of each
+    comparison point that has finished, reading that run's U-Net at that step; none finished is a named error."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(os.path.join(ROOT, "experiments"), tmp_path / "experiments")
+    path = os.path.join(ROOT, "experiments/sweeps/backbones_scenes_curve.py")
+    with pytest.raises(FileNotFoundError, match="runs/sweeps/backbones_scenes.*backbones_scenes.py first"):
+        sweep_lib.load_sweep(path)
+    for name, status in (("preset=unet+vp,train.num_steps=9000", "ok"),
+                         ("preset=dit+vp,train.num_steps=8255", "failed"),
+                         ("preset=mmdit+flow,train.num_steps=7365", "ok")):
+        os.makedirs(tmp_path / "runs/sweeps/backbones_scenes" / name)
+        with open(tmp_path / "runs/sweeps/backbones_scenes" / name / "sweep_done.json", "w") as f:
+            json.dump({"status": status}, f)
+    sweep = sweep_lib.load_sweep(path)
+    got = [(p.overrides["preset"], p.overrides["sample.checkpoint_step"]) for p in sweep.points]
+    assert got == ([("unet+vp", s) for s in range(1000, 10000, 1000)]
+                   + [("mmdit+flow", s) for s in range(1000, 8000, 1000)] + [("mmdit+flow", 7365)])
+    assert sweep.points[0].overrides["sample.checkpoint_workdir"] == \
+        "runs/sweeps/backbones_scenes/preset=unet+vp,train.num_steps=9000"
+    assert sweep.modes == ("eval",) and sweep.fixed["eval.guidance_scales"] == ()
+
+
 def test_digits_preset_is_the_quality_recipe_sweeps_chosen_point(monkeypatch):
     monkeypatch.chdir(ROOT)
     sweep = sweep_lib.load_sweep(os.path.join(ROOT, "experiments/sweeps/digits_quality_recipe.py"))

@@ -3,6 +3,7 @@
 Every module is pure Flax linen: parameters in, arrays out. `dtype` is the compute dtype (float32 or bfloat16);
 parameters stay float32.
 """
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -45,6 +46,97 @@ def group_norm(channels: int, groups: int, dtype: Dtype, epsilon: float = 1e-6, 
     return nn.GroupNorm(num_groups=g, epsilon=epsilon, dtype=dtype, name=name)
 
 
+# Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks"):
+# a 3x3 convolution computed on 4x4 input tiles at stride 2 as Y = A^T [(G g G^T) * (B^T d B)] A, 16 products per
+# 2x2 outputs instead of 36; the elementwise product over channels becomes 16 matmuls [tiles, C] @ [C, K].
+_WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+_WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+
+
+def winograd_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
+    """G g G^T for every (in, out) pair: a 3x3 kernel [3, 3, C, K] (HWIO) -> [16, C, K], one matmul."""
+    c, k = kernel.shape[2:]
+    transform = jnp.asarray(np.kron(_WINOGRAD_G, _WINOGRAD_G), kernel.dtype)  # [16, 9]: (r, s) x (i, j)
+    return (transform @ kernel.reshape(9, c * k)).reshape(16, c, k)
+
+
+def _combine(coefficients, terms):
+    """sum_i c_i terms_i for coefficients in {-1, 0, 1}, with no multiplications."""
+    out = None
+    for c, t in zip(coefficients, terms):
+        if c:
+            out = (t if c > 0 else -t) if out is None else (out + t if c > 0 else out - t)
+    return out
+
+
+def winograd_conv(x: jnp.ndarray, u: jnp.ndarray) -> jnp.ndarray:
+    """3x3 convolution, stride 1, one pixel of zero padding (SAME), by F(2x2, 3x3): x [B, H, W, C] and a
+    `winograd_kernel` u [16, C, K] -> [B, H, W, K]. Odd sizes are padded to even and cropped back."""
+    b, h, w, c = x.shape
+    th, tw = -(-h // 2), -(-w // 2)
+    x = jnp.pad(x, ((0, 0), (1, 1 + 2 * th - h), (1, 1 + 2 * tw - w), (0, 0)))
+    rows = [x[:, i:i + 2 * th:2] for i in range(4)]  # row i of every tile: [B, th, W + 2, C]
+    rows = [_combine(coefficients, rows) for coefficients in _WINOGRAD_BT]
+    tiles = []
+    for row in rows:
+        columns = [row[:, :, j:j + 2 * tw:2] for j in range(4)]  # [B, th, tw, C]
+        tiles += [_combine(coefficients, columns) for coefficients in _WINOGRAD_BT]
+    m = jnp.einsum("pnc,pck->pnk", jnp.stack(tiles).reshape(16, b * th * tw, c), u)
+    m = m.reshape(4, 4, b, th, tw, u.shape[-1])
+    rows = [_combine(coefficients, list(m)) for coefficients in _WINOGRAD_AT]  # 2 x [4, B, th, tw, K]
+    out = [[_combine(coefficients, list(row)) for coefficients in _WINOGRAD_AT] for row in rows]
+    y = jnp.stack([jnp.stack(row, axis=3) for row in out], axis=2)  # [B, th, 2, tw, 2, K]
+    return y.reshape(b, 2 * th, 2 * tw, -1)[:, :h, :w]
+
+
+class WinogradConv(nn.Module):
+    """`lax.conv_general_dilated` as `nn.Conv` calls it, by `winograd_conv` where that applies (3x3 kernel, stride
+    1, SAME or one-pixel padding, no dilation or groups, feature maps at most `max_size` pixels a side); otherwise
+    the direct convolution. XLA:CPU's direct convolution is slow on small maps of many channels (SD's 8x8 and 16x16
+    levels, 3-4x below its rate at 64x64: docs/stable_diffusion.md); F(2x2, 3x3) does 4/9 of the products.
+
+    The transformed kernel (16/9 of the kernel's size) is computed from the kernel on every call, unless the
+    "winograd" collection holds it: `winograd_variables` computes the collection once, so that a sampling loop
+    reads it instead of transforming every kernel at every step. Nothing is added to the parameters."""
+
+    max_size: int
+
+    @nn.compact
+    def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                 dimension_numbers=None, feature_group_count=1, precision=None):
+        ones = (1,) * (lhs.ndim - 2)
+        applies = (lhs.ndim == 4 and rhs.shape[:2] == (3, 3) and tuple(window_strides) == ones
+                   and tuple(lhs_dilation or ones) == ones and tuple(rhs_dilation or ones) == ones
+                   and feature_group_count == 1 and max(lhs.shape[1:3]) <= self.max_size
+                   and (padding == "SAME" or tuple(map(tuple, padding)) == ((1, 1), (1, 1))))
+        if not applies:
+            return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                                dimension_numbers, feature_group_count, precision=precision)
+        if self.has_variable("winograd", "kernel"):
+            u = self.get_variable("winograd", "kernel")
+        else:
+            u = winograd_kernel(rhs)
+            if self.is_mutable_collection("winograd") and not self.is_initializing():
+                self.put_variable("winograd", "kernel", u)
+        return winograd_conv(lhs, u.astype(lhs.dtype))
+
+
+def conv(features: int, winograd: int = 0, **kwargs) -> nn.Conv:
+    """`nn.Conv(features, (3, 3), **kwargs)`, by `WinogradConv` on maps at most `winograd` pixels a side (0: never,
+    exactly `nn.Conv`). The parameters are the same either way."""
+    cls = functools.partial(WinogradConv, winograd) if winograd else None
+    return nn.Conv(features, (3, 3), conv_general_dilated_cls=cls, **kwargs)
+
+
+def winograd_variables(module: nn.Module, variables, *args, **kwargs):
+    """The "winograd" collection of `module` applied to `args`: every transformed kernel its `WinogradConv`s use,
+    to pass beside the parameters (`{**variables, **winograd}`) to later calls on inputs of the same shapes. Under
+    `jax.jit` only the kernel transforms are computed (the forward pass's result is unused)."""
+    _, state = module.apply(variables, *args, mutable=["winograd"], **kwargs)
+    return state
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, conditioned by adding a projection of the embedding (DDPM's residual block)."""
 
@@ -53,16 +145,17 @@ class ResBlock(nn.Module):
     norm_groups: int = 8
     dtype: Dtype = jnp.float32
     norm_eps: float = 1e-6  # SD: 1e-5
+    winograd: int = 0  # `conv`: 3x3 convolutions on maps at most this size by Winograd's F(2x2, 3x3)
 
     @nn.compact
     def __call__(self, x, emb, train: bool):
         h = nn.silu(group_norm(x.shape[-1], self.norm_groups, self.dtype, self.norm_eps)(x))
-        h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(h)
+        h = conv(self.channels, self.winograd, dtype=self.dtype)(h)
         h = h + nn.Dense(self.channels, dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
         h = nn.silu(group_norm(self.channels, self.norm_groups, self.dtype, self.norm_eps)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         # Zero-initialised last conv: each block starts as the identity, which keeps early training stable.
-        h = nn.Conv(self.channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+        h = conv(self.channels, self.winograd, dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
         if x.shape[-1] != self.channels:
             x = nn.Conv(self.channels, (1, 1), dtype=self.dtype)(x)
         return x + h
@@ -147,12 +240,13 @@ class Upsample(nn.Module):
 
     channels: int
     dtype: Dtype = jnp.float32
+    winograd: int = 0  # `conv`
 
     @nn.compact
     def __call__(self, x):
         b, h, w, c = x.shape
         x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
-        return nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x)
+        return conv(self.channels, self.winograd, dtype=self.dtype)(x)
 
 
 def chunked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, chunk: int = 512) -> jnp.ndarray:

@@ -13,8 +13,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffusion_jax.models import conditioning
-from diffusion_jax.models.layers import (AttentionBlock, Downsample, ResBlock, SpatialTransformer, Upsample, group_norm,
-                                         timestep_embedding)
+from diffusion_jax.models.layers import (AttentionBlock, Downsample, ResBlock, SpatialTransformer, Upsample, conv,
+                                         group_norm, timestep_embedding)
 
 
 class UNet(nn.Module):
@@ -54,6 +54,7 @@ class UNet(nn.Module):
     text_mask: bool = True  # hide padded tokens from the cross-attention (SD: every one of the 77 is attended)
     symmetric_downsample: bool = False  # PyTorch's padding=1 in the stride-2 convolutions (SD: yes)
     diffusers_time: bool = False  # the timestep frequencies as diffusers computes them (layers.timestep_embedding)
+    winograd: int = 0  # 3x3 convolutions on maps at most this size a side by Winograd's F(2x2, 3x3) (layers.conv)
 
     @nn.compact
     def __call__(self, x, t, cond=None, *, train: bool = False):
@@ -80,7 +81,8 @@ class UNet(nn.Module):
             context = cond["tokens"]
             context_mask = cond["mask"].astype(bool) if self.text_mask else None
 
-        block = lambda ch: ResBlock(ch, self.dropout, self.norm_groups, self.dtype, self.norm_eps)  # noqa: E731
+        block = lambda ch: ResBlock(ch, self.dropout, self.norm_groups, self.dtype, self.norm_eps,  # noqa: E731
+                                    self.winograd)
 
         def attend(level):
             """Self-attention, then (text models) cross-attention to the text tokens."""
@@ -104,7 +106,7 @@ class UNet(nn.Module):
             raise ValueError(f"image size {height}x{width} is not divisible by patch_size={p}")
         x = x.reshape(b, height // p, p, width // p, p, c).transpose(0, 1, 3, 2, 4, 5)
         x = x.reshape(b, height // p, width // p, p * p * c)
-        h = nn.Conv(self.channels[0], (3, 3), dtype=self.dtype)(x.astype(self.dtype))
+        h = conv(self.channels[0], self.winograd, dtype=self.dtype)(x.astype(self.dtype))
         skips = [h]
         for level, ch in enumerate(self.channels):
             for _ in range(self.num_res_blocks):
@@ -126,9 +128,9 @@ class UNet(nn.Module):
                 if attends(level, h):
                     h = attend(level)(h)
             if level > 0:
-                h = Upsample(ch, self.dtype)(h)
+                h = Upsample(ch, self.dtype, self.winograd)(h)
 
         h = nn.silu(group_norm(h.shape[-1], self.norm_groups, self.dtype, self.norm_eps)(h))
-        h = nn.Conv(p * p * self.out_channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+        h = conv(p * p * self.out_channels, self.winograd, dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
         h = h.reshape(b, height // p, width // p, p, p, self.out_channels).transpose(0, 1, 3, 2, 4, 5)
         return h.reshape(b, height, width, self.out_channels).astype(jnp.float32)

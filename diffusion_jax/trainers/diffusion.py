@@ -279,7 +279,8 @@ class DiffusionTask(Task):
         return self.sampler(pipeline.bucket_size(n, self.config.sample.batch_size))
 
     def load_for_sampling(self, workdir: str, what: str) -> tuple[int, TrainState]:
-        """(step, state) of the newest good checkpoint of `sample.checkpoint_workdir` ("" = this run's `workdir`).
+        """(step, state) of the newest good checkpoint of `sample.checkpoint_workdir` ("" = this run's `workdir`), or
+        of step `sample.checkpoint_step` when that is not 0 (e.g. to score a run's kept checkpoints).
 
         Sampling another run's checkpoint lets many sampling runs (e.g. a sweep over samplers and steps) share one
         trained model; the config must describe the same model, or the restore names the mismatched leaves. `what`
@@ -289,7 +290,14 @@ class DiffusionTask(Task):
         source = other or workdir
         key = (f"config.sample.checkpoint_workdir={source!r}" if other
                else "the run's own --workdir; set config.sample.checkpoint_workdir to sample another run's model")
-        return self.load_state(source, f"({what}; {key}): train first with --mode=train --workdir={source}")
+        step = self.config.sample.get("checkpoint_step", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ConfigError(f"config.sample.checkpoint_step={step!r}: the step of a kept checkpoint, or 0 for the "
+                              "newest good one")
+        if step:
+            key += f"; config.sample.checkpoint_step={step}"
+        return self.load_state(source, f"({what}; {key}): train first with --mode=train --workdir={source}",
+                               step=step or None)
 
     def train(self, workdir: str, get_batch: Callable[[int], dict], *, grid_cond: Any = None,
               grid_rows: Sequence[np.ndarray] = (), grid_titles: Optional[Sequence[str]] = None,

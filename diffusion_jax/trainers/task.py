@@ -60,7 +60,9 @@ class Task:
                                checkpoint_every=t.checkpoint_every, max_to_keep=t.max_to_keep, hooks=hooks,
                                progress=t.progress, description=description)
 
-    def load_state(self, workdir: str, hint: str) -> tuple[int, TrainState]:
-        """(step, state) of the newest good checkpoint in `workdir/checkpoints`; FileNotFoundError naming the folder
-        and `hint` (what to run first) when there is none. A checkpoint of another model is refused, leaves named."""
-        return restore_latest(os.path.join(workdir, "checkpoints"), jax.eval_shape(self.init_state), hint=hint)
+    def load_state(self, workdir: str, hint: str, step: Optional[int] = None) -> tuple[int, TrainState]:
+        """(step, state) of the newest good checkpoint in `workdir/checkpoints` (or of `step`); FileNotFoundError
+        naming the folder and `hint` (what to run first) when there is none. A checkpoint of another model is
+        refused, leaves named."""
+        return restore_latest(os.path.join(workdir, "checkpoints"), jax.eval_shape(self.init_state), hint=hint,
+                              step=step)

@@ -24,12 +24,15 @@ METRICS = ("default_seen_all_accuracy", "default_heldout_all_accuracy", "default
 FROZEN = "runs/sweeps/backbones_scenes_frozen"  # the shared autoencoder and CLIP (relative to where it is started)
 # Run in this order (the most informative first, should a session end mid-sweep): the baseline, SD3's recipe, ...
 STEPS = {"unet+vp": 9000, "mmdit+flow": 7365, "dit+flow": 7925, "unet+flow": 8798, "dit+vp": 8255, "mmdit+vp": 7472}
+# The measured seconds a step those came from (the docstring's run): the plot's wall-time axis.
+SECONDS_PER_STEP = {"unet+vp": 0.2798, "unet+flow": 0.2862, "dit+vp": 0.3050, "dit+flow": 0.3178,
+                    "mmdit+vp": 0.3370, "mmdit+flow": 0.3419}
 
 
 def get_sweep():
     """(base config, points): one point a variant, at its equal-wall-time steps, on the shared frozen models."""
-    # Every checkpoint kept (one a 1,000 steps), so that benchmarks/backbones_curve.py can score them afterwards:
-    # the plot of all correct against training wall time.
+    # Every checkpoint kept (one a 1,000 steps), so that experiments/sweeps/backbones_scenes_curve.py can score them
+    # afterwards: the plot of all correct against training wall time.
     shared = {"clip.workdir": f"{FROZEN}/clip", "autoencoder.workdir": f"{FROZEN}/autoencoder",
               "train.max_to_keep": 10}
     return "experiments/txt2img_scenes.py", [{"preset": v, "train.num_steps": n, **shared} for v, n in STEPS.items()]
