@@ -5,6 +5,7 @@ Tiny random models, every parameter random, in the two SD styles: SD 1.x (8-styl
 1x1-conv projections, epsilon) and SD 2.x (per-level heads, linear projections); both with 3 levels, attention at
 the first two, as SD's last level has none. Tolerance 1e-5 max abs; the reference's float64 floor is printed.
 """
+import functools
 import json
 import os
 import re
@@ -45,6 +46,7 @@ def test_prediction_equals_diffusers(tmp_path, style):
     cond = {"tokens": context, "mask": np.ones((2, 77), bool), "pooled": np.zeros((2, 24), np.float32)}
     ours = jax.jit(unet.apply)(params, x, t, cond)
 
+    @functools.cache  # the Winograd check below compares with the same two reference runs
     def run(dtype):
         with torch.no_grad():
             out = model.to(dtype)(torch.tensor(x.transpose(0, 3, 1, 2), dtype=dtype), torch.tensor(t),
