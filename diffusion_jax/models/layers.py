@@ -93,8 +93,9 @@ def winograd_conv(x: jnp.ndarray, u: jnp.ndarray) -> jnp.ndarray:
 class WinogradConv(nn.Module):
     """`lax.conv_general_dilated` as `nn.Conv` calls it, by `winograd_conv` where that applies (3x3 kernel, stride
     1, SAME or one-pixel padding, no dilation or groups, feature maps at most `max_size` pixels a side); otherwise
-    the direct convolution. XLA:CPU's direct convolution is slow on small maps of many channels (SD's 8x8 and 16x16
-    levels, 3-4x below its rate at 64x64: docs/stable_diffusion.md); F(2x2, 3x3) does 4/9 of the products.
+    the direct convolution. F(2x2, 3x3) does 4/9 of the products, and on small maps of many channels its transforms
+    cost little beside them: with the kernels transformed, 2-3.6x faster than XLA:CPU's direct convolution on SD's
+    8x8 to 16x16 levels, 1.5-1.8x at 32x32, slower at 64x64 (docs/stable_diffusion.md).
 
     The transformed kernel (16/9 of the kernel's size) is computed from the kernel on every call, unless the
     "winograd" collection holds it: `winograd_variables` computes the collection once, so that a sampling loop

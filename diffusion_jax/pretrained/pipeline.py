@@ -35,8 +35,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 OUTPUTS = ("uint8", "float")
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 # On a CPU in float32 the U-Net's 3x3 convolutions on maps up to 32x32 (SD's lower three levels at 512x512) run as
-# Winograd's F(2x2, 3x3), their kernels transformed once a chain (models/layers.py, WinogradConv): XLA:CPU's direct
-# convolution is 2-4x below its 64x64 rate there; one U-Net call 8.66 s instead of 10.80 (benchmarks/sd_unet_speed.py).
+# Winograd's F(2x2, 3x3), their kernels transformed once a chain (models/layers.py, WinogradConv; slower at 64x64):
+# one U-Net call 8.66 s instead of 10.80 (benchmarks/sd_unet_speed.py, docs/stable_diffusion.md).
 CPU_WINOGRAD = 32
 
 
