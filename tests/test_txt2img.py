@@ -230,14 +230,16 @@ def test_sampling_reads_the_unet_of_sample_checkpoint_workdir(e2e, tmp_path):
     assert int(state.step) == int(own.step) == config.train.num_steps
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(own.ema_params)))
     assert not os.path.exists(tmp_path / "point")
+    load = lambda: model.task.load_for_sampling(str(tmp_path / "point"), "the text-to-image U-Net")  # noqa: E731
     config.sample.checkpoint_step = 10  # a kept checkpoint before the last (issue 26's curve scores them all)
-    assert int(txt2img.load_for_sampling(config, str(tmp_path / "point"))[1].step) == 10
+    step, state = load()
+    assert step == int(state.step) == 10
     config.sample.checkpoint_step = 15
     with pytest.raises(FileNotFoundError, match=r"step 15 .*finished steps: \[10, 20\].*sample.checkpoint_step=15"):
-        txt2img.load_for_sampling(config, str(tmp_path / "point"))
+        load()
     config.sample.checkpoint_step = -1
     with pytest.raises(ConfigError, match="sample.checkpoint_step=-1"):
-        txt2img.load_for_sampling(config, str(tmp_path / "point"))
+        load()
     config.sample.checkpoint_step = 0
     config.sample.checkpoint_workdir = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=r"nowhere/checkpoints.*text-to-image U-Net.*sample.checkpoint_workdir"):
