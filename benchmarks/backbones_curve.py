@@ -8,20 +8,24 @@ SECONDS_PER_STEP, one side-by-side run), so every curve is on the clock the equa
 Prints the table (minutes, step, seen / held-out all correct) and writes the plot.
 """
 import argparse
+import importlib.util
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from diffusion_jax.sweep.points import load_sweep  # noqa: E402
+from diffusion_jax.sweep.points import load_sweep
 
 SWEEP = "experiments/sweeps/backbones_scenes_curve.py"
+COMPARISON = "experiments/sweeps/backbones_scenes.py"  # its SECONDS_PER_STEP: the wall-time axis
 
 
 def curves(root: str) -> dict:
     """{variant: [(minutes, step, seen, held-out), ...]} from the curve sweep's finished points under `root`."""
     sweep = load_sweep(SWEEP)
-    per_step = _comparison().SECONDS_PER_STEP
+    spec = importlib.util.spec_from_file_location("backbones_scenes", COMPARISON)
+    comparison = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(comparison)
+    per_step = comparison.SECONDS_PER_STEP
     out = {}
     for point in sweep.points:
         try:
@@ -36,14 +40,6 @@ def curves(root: str) -> dict:
         out.setdefault(variant, []).append((step * per_step[variant] / 60, step, m["default_seen_all_accuracy"],
                                             m["default_heldout_all_accuracy"]))
     return {v: sorted(rows) for v, rows in out.items()}
-
-
-def _comparison():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("backbones_scenes_curve", SWEEP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.comparison()
 
 
 def main():
