@@ -30,7 +30,7 @@ setup(
     ],
     extras_require={
         # tests/test_notebooks.py runs the Colab notebooks (nbclient, ipykernel); matplotlib draws their figures.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
+        "test": ["pytest>=8", "pytest-xdist>=3.8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
         # Parity with the reference implementations (issue 25), pinned so that a figure stays reproducible. The CLIP
         # merge list comes from open-clip-torch==3.3.0, installed `--no-deps` (its dependencies pull torch/CUDA).
         "parity": ["torch==2.13.0", "transformers==5.25.0", "diffusers==0.42.1"],

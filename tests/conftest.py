@@ -43,6 +43,23 @@ if "jax" not in sys.modules:
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
+# The slowest files first, so that neither xdist worker is left running a long file while the other idles at the end
+# (longest processing time first; setup.cfg: whole files a worker, --no-loadscope-reorder). xdist's default order,
+# most tests first, put few-test heavy files (pmap, multi-host, notebooks) last. Order from the suite's per-file
+# durations (2026-12-07); unlisted files follow in name order.
+SLOWEST_FIRST = ("test_txt2img.py", "test_stable_diffusion.py", "test_train.py", "test_txt2img_scenes.py",
+                 "test_multihost.py", "test_notebooks.py", "test_autoencoder.py", "test_pmap.py", "test_flow.py",
+                 "test_sweep.py", "test_clip_train.py", "test_parallel.py", "test_backbones.py", "test_checkpoint.py",
+                 "test_pretrained_unet.py", "test_evaluation.py", "test_profiling.py", "test_samplers.py",
+                 "test_clip_scenes.py")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering (by fixture scope), which the stable sort keeps
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"  # OpenAI's CLIP merge list, never committed here
 BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"  # open-clip-torch 3.3.0's copy
 BPE_INSTALL = "pip install --no-deps open-clip-torch==3.3.0  (the README's test command does this)"

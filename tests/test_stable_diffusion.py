@@ -3,8 +3,10 @@ StableDiffusion from the same latents, gives the same images; img2img the same a
 (issue 25, items 5 and 6).
 
 Two styles: SD 1.x (1x1-conv projections, pads with the end token, quick_gelu, epsilon, PNDM's config) and SD 2.x
-(linear projections, pads with "!", gelu, v_prediction, DDIM's config); every sampler, with and without negative
-prompts. Tolerance 1e-4 max abs on [0, 1] images (the issue's end-to-end target; the modules agree to ~4e-6, the
+(linear projections, pads with "!", gelu, v_prediction, DDIM's config). Every sampler runs end to end once in each
+mode (text-to-image with and without negative prompts; img2img), on SD 1.x in one mode and SD 2.x in the other: a
+sampler's steps equal diffusers' scheduler on both styles' configs in tests/test_sd_samplers.py, so the whole cross
+product (twice the compiles, about 90 s of the suite's CPU) would test no new step. Tolerance 1e-4 max abs on [0, 1] images (the issue's end-to-end target; the modules agree to ~4e-6, the
 samplers to float32 rounding, and 4 steps of guidance 7.5 amplify those).
 """
 import json
@@ -32,6 +34,10 @@ SAMPLERS = {"ddim": diffusers.DDIMScheduler, "euler": diffusers.EulerDiscreteSch
             "dpmpp_2m": diffusers.DPMSolverMultistepScheduler, "pndm": diffusers.PNDMScheduler,
             "unipc": diffusers.UniPCMultistepScheduler}
 PROMPTS = ["a red 3 left of a blue seven", "an astronaut riding a horse"]
+# (style, sampler): each sampler once a mode, on the other style in the other mode; each style runs its own folder's
+# sampler (SD 1.x PNDM, SD 2.x DDIM), and img2img runs on each style both partially and whole with negatives.
+TXT2IMG = [("sd1", "pndm"), ("sd1", "euler"), ("sd1", "unipc"), ("sd2", "ddim"), ("sd2", "dpmpp_2m")]
+IMG2IMG = [("sd1", "ddim"), ("sd1", "dpmpp_2m"), ("sd2", "pndm"), ("sd2", "euler"), ("sd2", "unipc")]
 
 
 def build(folder: str, style: str, bpe_file: str):
@@ -74,7 +80,14 @@ def pair(request, tmp_path_factory, bpe_file):
     return pipe, api.StableDiffusion.load(os.path.join(folder, request.param))
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_each_sampler_runs_once_a_mode_and_on_both_styles():
+    for table in (TXT2IMG, IMG2IMG):
+        assert sorted(sampler for _, sampler in table) == sorted(SAMPLERS)
+    for sampler in SAMPLERS:
+        assert {style for style, s in TXT2IMG + IMG2IMG if s == sampler} == {"sd1", "sd2"}, sampler
+
+
+@pytest.mark.parametrize("pair,sampler", TXT2IMG, indirect=["pair"])
 def test_images_equal_diffusers(pair, sampler):
     pipe, ours = pair
     latents = np.random.default_rng(1).normal(size=(2, 8, 8, 4)).astype(np.float32)
@@ -99,7 +112,7 @@ def _with_sampler(cls, pipe, ours, sampler):
     return reference
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("pair,sampler", IMG2IMG, indirect=["pair"])
 def test_img2img_equals_diffusers(pair, sampler, monkeypatch):
     """diffusers made to take the posterior mean (not a sample) and the given noise, as the API does."""
     from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img
