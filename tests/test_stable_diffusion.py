@@ -6,7 +6,8 @@ Two styles: SD 1.x (1x1-conv projections, pads with the end token, quick_gelu, e
 (linear projections, pads with "!", gelu, v_prediction, DDIM's config). Every sampler runs end to end once in each
 mode (text-to-image with and without negative prompts; img2img), on SD 1.x in one mode and SD 2.x in the other: a
 sampler's steps equal diffusers' scheduler on both styles' configs in tests/test_sd_samplers.py, so the whole cross
-product (twice the compiles, about 90 s of the suite's CPU) would test no new step. Tolerance 1e-4 max abs on [0, 1] images (the issue's end-to-end target; the modules agree to ~4e-6, the
+product (twice the compiles: about 40 s more of one process, measured side by side, docs/training_speed.md) would
+test no new step. Tolerance 1e-4 max abs on [0, 1] images (the issue's end-to-end target; the modules agree to ~4e-6, the
 samplers to float32 rounding, and 4 steps of guidance 7.5 amplify those).
 """
 import json

@@ -168,7 +168,8 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
 
 def test_bad_config_fails_with_named_key(tmp_path):
     """Through the command line (the flag parser and main's one-line error), then two bad values through `run`, in
-    this process: what main runs after parsing (two more subprocesses would add ~10 s of CPU and test nothing new)."""
+    this process: what main runs after parsing (two more subprocesses, each a Python start and the imports, would
+    test nothing new)."""
     from diffusion_jax.main import run
 
     code, out = _finish(_main(str(tmp_path / "bad"), "--config.train.not_a_key=1", mode="sample"))
