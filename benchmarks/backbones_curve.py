@@ -8,12 +8,11 @@ SECONDS_PER_STEP, one side-by-side run), so every curve is on the clock the equa
 Prints the table (minutes, step, seen / held-out all correct) and writes the plot.
 """
 import argparse
-import importlib.util
 import json
 import os
 import sys
 
-from diffusion_jax.sweep.points import load_sweep
+from diffusion_jax.sweep.points import load_module, load_sweep
 
 SWEEP = "experiments/sweeps/backbones_scenes_curve.py"
 COMPARISON = "experiments/sweeps/backbones_scenes.py"  # its SECONDS_PER_STEP: the wall-time axis
@@ -22,10 +21,7 @@ COMPARISON = "experiments/sweeps/backbones_scenes.py"  # its SECONDS_PER_STEP: t
 def curves(root: str) -> dict:
     """{variant: [(minutes, step, seen, held-out), ...]} from the curve sweep's finished points under `root`."""
     sweep = load_sweep(SWEEP)
-    spec = importlib.util.spec_from_file_location("backbones_scenes", COMPARISON)
-    comparison = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(comparison)
-    per_step = comparison.SECONDS_PER_STEP
+    per_step = load_module(COMPARISON).SECONDS_PER_STEP
     out = {}
     for point in sweep.points:
         try:

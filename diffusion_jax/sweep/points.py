@@ -277,14 +277,19 @@ def make_sweep(spec: str, points: Sequence[Mapping], *, modes: Sequence[str] = (
                  metric=metric, metrics=metrics, path=path, axes=axes, fixed=fixed)
 
 
+def load_module(path: str):
+    """A Python file (a sweep file, or one a sweep file reads: its constants) as a module, by path."""
+    spec = importlib.util.spec_from_file_location(f"_sweep_{hashlib.sha1(path.encode()).hexdigest()[:8]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_sweep(path: str) -> Sweep:
     """Reads a sweep file (`get_sweep()`, optional MODES, METRIC, METRICS) and validates it with `make_sweep`."""
     if not os.path.isfile(path):
         raise ConfigError(f"sweep file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"_sweep_{hashlib.sha1(path.encode()).hexdigest()[:8]}",
-                                                         path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_module(path)
     if not callable(getattr(module, "get_sweep", None)):
         raise ConfigError(f"sweep file {path} defines no get_sweep() -> (config_spec, [overrides, ...])")
     result = module.get_sweep()

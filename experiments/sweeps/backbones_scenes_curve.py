@@ -9,11 +9,10 @@ finished are listed, so this can run (and be rerun: finished points are skipped)
       --root=runs/sweeps/backbones_scenes_curve
   python benchmarks/backbones_curve.py   # the plot: step x the variant's seconds a step -> docs/backbones_scenes_curve.png
 """
-import importlib.util
 import json
 import os
 
-from diffusion_jax.sweep.points import point_names
+from diffusion_jax.sweep.points import load_module, point_names
 
 MODES = ("eval",)
 METRIC = "default_seen_all_accuracy"
@@ -24,11 +23,7 @@ TRAINING_ROOT = "runs/sweeps/backbones_scenes"  # relative to where the sweeps s
 
 def comparison():
     """The comparison's sweep file as a module (its STEPS, SECONDS_PER_STEP, FROZEN and points)."""
-    spec = importlib.util.spec_from_file_location(
-        "backbones_scenes", os.path.join(os.path.dirname(os.path.abspath(__file__)), "backbones_scenes.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "backbones_scenes.py"))
 
 
 def kept_steps(total: int, every: int = 1000) -> list:
