@@ -13,6 +13,7 @@ from diffusion_jax.data import captioned_digits as cd
 from diffusion_jax.data import pipeline
 from diffusion_jax.parallel import DataParallel
 from diffusion_jax.trainers import clip
+from tests import mains
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments/clip_digits.py:tiny")
@@ -40,12 +41,6 @@ def test_tiny_clip_run_beats_chance_and_reports_retrieval(trained):
     assert os.path.exists(os.path.join(workdir, "tokenizer.json"))
 
 
-def _main(workdir, *flags):
-    cmd = [sys.executable, "-m", "diffusion_jax.main", f"--config={TINY}", f"--workdir={workdir}", "--mode=embed",
-           *flags]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-
-
 def test_embed_mode_writes_normalised_embeddings_in_order(trained, tmp_path):
     _, workdir = trained
     texts = ["a red 3 in the top left", "a blue seven in the center", "a red 3 in the top left"]
@@ -53,9 +48,8 @@ def test_embed_mode_writes_normalised_embeddings_in_order(trained, tmp_path):
     data = cd.make_dataset("test", seed=5, num_examples=4)
     np.savez(tmp_path / "images.npz", images=data["image"])
     out = tmp_path / "out.npz"
-    proc = _main(workdir, f"--config.embed.texts_file={tmp_path / 'texts.txt'}",
-                 f"--config.embed.images={tmp_path / 'images.npz'}", f"--config.embed.output={out}")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    embed = dict(embed__texts_file=str(tmp_path / "texts.txt"), embed__output=str(out))
+    mains.run(TINY, workdir, "embed", embed__images=str(tmp_path / "images.npz"), **embed)  # main, in this process
     with np.load(out) as f:
         text, image = f["text_embeddings"], f["image_embeddings"]
     assert text.shape == (3, 32) and image.shape == (4, 32)
@@ -63,8 +57,9 @@ def test_embed_mode_writes_normalised_embeddings_in_order(trained, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(image, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(text[0], text[2], atol=1e-6)  # same text, same embedding, order kept
     assert np.abs(text[0] - text[1]).max() > 1e-3
-    proc = _main(workdir, f"--config.embed.texts_file={tmp_path / 'texts.txt'}", f"--config.embed.output={out}")
-    assert proc.returncode != 0 and "exists" in proc.stdout + proc.stderr  # never overwrites a result
+    with pytest.raises(FileExistsError) as excinfo:
+        mains.run(TINY, workdir, "embed", **embed)
+    assert "exists" in mains.user_error(excinfo)  # never overwrites a result
 
 
 def test_embed_texts_errors_name_the_prompt(trained):

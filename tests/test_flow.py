@@ -49,7 +49,9 @@ def test_flow_process_interpolates_noise_and_data_and_draws_times_in_the_unit_in
 def test_flow_samplers_reach_the_exact_ode_solution_on_gaussian_data(sigma):
     """x0 ~ N(0, sigma^2): the exact velocity is v(x, t) = (t - (1 - t) sigma^2) / V(t) x with
     V(t) = (1 - t)^2 sigma^2 + t^2, and the ODE carries the noise x(1) to sigma x(1). Euler converges at first
-    order, Heun (last step Euler) at second."""
+    order, Heun (last step Euler) at second. DPM-Solver++(2M) is second order between its first-order ends (next to
+    t = 1 and t = 0, where lambda's steps do not shrink as the steps double), so its error levels off with many steps;
+    at 10 steps, at Euler's cost, it is 3.0x (sigma 0.3) and 6.7x (sigma 1.5) closer."""
     def model_fn(x, t_model):
         t = (t_model / 1000.0)[:, None, None, None]
         return (t - (1 - t) * sigma**2) / ((1 - t) ** 2 * sigma**2 + t**2) * x
@@ -57,7 +59,7 @@ def test_flow_samplers_reach_the_exact_ode_solution_on_gaussian_data(sigma):
     keys = jax.random.split(jax.random.key(1), 64)
     x1 = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (4,)).reshape(2, 2, 1))(keys)
     errors = {}
-    for name in ("euler", "heun"):
+    for name in ("euler", "heun", "dpmpp_2m"):
         for steps in (10, 20):
             x0 = samplers.flow_sample(name, model_fn, keys, (2, 2, 1), steps=steps, clip_x0=False)
             errors[name, steps] = float(jnp.max(jnp.abs(x0 - sigma * x1)))
@@ -65,6 +67,7 @@ def test_flow_samplers_reach_the_exact_ode_solution_on_gaussian_data(sigma):
     assert 1.6 < errors["euler", 10] / errors["euler", 20] < 2.5
     assert errors["heun", 10] / errors["heun", 20] > 3.2
     assert errors["heun", 10] < errors["euler", 10] / 3
+    assert errors["dpmpp_2m", 10] < errors["euler", 10] / 2.5 and errors["dpmpp_2m", 10] / errors["dpmpp_2m", 20] > 3
     with pytest.raises(ValueError, match="'ddim'"):
         samplers.flow_sample("ddim", model_fn, keys, (2, 2, 1), steps=3)
 

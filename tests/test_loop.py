@@ -1,8 +1,11 @@
 """The shared train loop does not stall the device: metrics stay on it until a log step, the next batch is built
 while a step runs, and every device-to-host transfer is explicit (it runs under `jax.transfer_guard`)."""
+import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,8 @@ import pytest
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.parallel import MODES, DataParallel
 from diffusion_jax.trainers import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _init_state():
@@ -101,3 +106,17 @@ def test_non_finite_loss_inside_a_log_window_names_its_step_and_is_never_saved(t
                         checkpoint_every=5, progress=False)
     with Checkpointer(os.path.join(tmp_path, "checkpoints")) as ckpt:
         assert ckpt.all_steps() == [5]  # step 10's state followed the NaN: not written
+
+
+def test_the_package_never_imports_torch_or_the_parity_libraries():
+    """torch, diffusers and transformers are a test-only extra: importing every module of the package (in a fresh
+    process, as a training run starts) loads none of them, not even indirectly; tensorboardX imported torch whenever
+    it was installed, at about 2 s a process (trainers/loop.py:_import_summary_writer)."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed here (the parity extra): nothing could import it")
+    code = ("import importlib, pkgutil, sys, diffusion_jax\n"
+            "for m in pkgutil.walk_packages(diffusion_jax.__path__, 'diffusion_jax.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'diffusers', 'transformers', 'open_clip'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out  # before the fix: ['torch']

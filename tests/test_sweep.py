@@ -16,6 +16,7 @@ from diffusion_jax import config as config_lib
 from diffusion_jax import sweep as sweep_lib
 from diffusion_jax.config import ConfigError, load_config
 from diffusion_jax.sweep import concat, make_sweep, point_names, product, with_overrides, zip_axes
+from diffusion_jax.sweep.points import load_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments/digits.py:tiny")
@@ -415,6 +416,24 @@ def test_curve_sweep_scores_every_kept_checkpoint_of_the_finished_training_point
                    + [("mmdit+flow", s) for s in range(1000, 8000, 1000)] + [("mmdit+flow", 7365)])
     assert sweep.points[0].overrides["sample.checkpoint_workdir"] == \
         "runs/sweeps/backbones_scenes/preset=unet+vp,train.num_steps=9000"
+    assert sweep.modes == ("eval",) and sweep.fixed["eval.guidance_scales"] == ()
+
+
+def test_scenes_steps_sweep_samples_every_model_at_50_steps_and_flow_by_heun_and_2m_at_10(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.symlink(os.path.join(ROOT, "experiments"), tmp_path / "experiments")
+    path = os.path.join(ROOT, "experiments/sweeps/steps_scenes.py")
+    with pytest.raises(FileNotFoundError, match=r"preset=unet\+vp.*checkpoints.*backbones_scenes.py"):
+        sweep_lib.load_sweep(path)
+    for preset, steps in load_module(os.path.join(ROOT, "experiments/sweeps/backbones_scenes.py")).STEPS.items():
+        os.makedirs(tmp_path / f"runs/sweeps/backbones_scenes/preset={preset},train.num_steps={steps}/checkpoints")
+    sweep = sweep_lib.load_sweep(path)
+    got = sorted((p.overrides["preset"], p.overrides["sample.sampler"], p.overrides["sample.steps"])
+                 for p in sweep.points)
+    models = ("unet", "dit", "mmdit")
+    assert got == sorted([(f"{m}+vp", "unipc", 50) for m in models]
+                         + [(f"{m}+flow", s, n) for m in models
+                            for s, n in (("euler", 50), ("heun", 10), ("dpmpp_2m", 10))])
     assert sweep.modes == ("eval",) and sweep.fixed["eval.guidance_scales"] == ()
 
 

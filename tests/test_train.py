@@ -16,6 +16,7 @@ from diffusion_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from diffusion_jax.config import ConfigError, load_config
 from diffusion_jax.parallel import DataParallel
 from diffusion_jax.trainers import digits, loop
+from tests import mains
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments/digits.py:tiny")
@@ -86,16 +87,14 @@ def test_api_draws_the_digits_sample_mode_drew(e2e, monkeypatch):
 def test_sample_mode_options_and_rerun_keeps_previous_result(e2e, tmp_path):
     workdir, _ = e2e
     output = str(tmp_path / "mine.npz")
-    flags = [f"--config.sample.output={output}", "--config.sample.labels=3,9", "--config.sample.num_per_class=3",
-             "--config.sample.sampler=ddpm", "--config.sample.steps=4", "--config.sample.guidance=1.5"]
-    code, out = _finish(_main(workdir, *flags, mode="sample"))
-    assert code == 0, out
+    flags = dict(sample__output=output, sample__labels="3,9", sample__num_per_class=3, sample__sampler="ddpm",
+                 sample__steps=4, sample__guidance=1.5)
+    mains.run(TINY, workdir, "sample", **flags)  # the command line's own test: test_main_end_to_end_outputs
     with np.load(output) as f:
         assert f["images"].shape == (6, 32, 32, 1)
         np.testing.assert_array_equal(f["labels"], [3, 3, 3, 9, 9, 9])
         first = f["images"].copy()
-    code, out = _finish(_main(workdir, *flags, mode="sample"))
-    assert code == 0, out
+    mains.run(TINY, workdir, "sample", **flags)
     kept = [n for n in os.listdir(tmp_path) if n.startswith("mine-") and n.endswith(".npz")]
     assert len(kept) == 1  # the earlier result was moved aside, not overwritten
     with np.load(output) as f:
@@ -170,16 +169,13 @@ def test_bad_config_fails_with_named_key(tmp_path):
     """Through the command line (the flag parser and main's one-line error), then two bad values through `run`, in
     this process: what main runs after parsing (two more subprocesses, each a Python start and the imports, would
     test nothing new)."""
-    from diffusion_jax.main import run
-
     code, out = _finish(_main(str(tmp_path / "bad"), "--config.train.not_a_key=1", mode="sample"))
     assert code != 0 and "not_a_key" in out, out
-    for key, value, message in (("sample.labels", "3,12", "label 12"),
-                                ("diffusion.schedule", "quadratic", "diffusion.schedule")):
-        config = load_config(TINY)
-        config.update_from_flattened_dict({key: value})
-        with pytest.raises(ConfigError, match=message):
-            run(config, str(tmp_path / "bad"), "sample")
+    for flags, message in (({"sample__labels": "3,12"}, "label 12"),
+                           ({"diffusion__schedule": "quadratic"}, "diffusion.schedule")):
+        with pytest.raises(ConfigError, match=message) as excinfo:
+            mains.run(TINY, tmp_path / "bad", "sample", **flags)
+        mains.user_error(excinfo)
     assert not os.path.exists(tmp_path / "bad" / "checkpoints")
 
 

@@ -1,4 +1,5 @@
 """Text to image: cross-attention and its mask, guidance, prompt errors, attribute checks, 1 vs 8 devices, e2e."""
+import functools
 import json
 import os
 import shutil
@@ -24,9 +25,11 @@ from diffusion_jax.parallel import DataParallel
 from diffusion_jax.text.tokenizer import TokenizerWarning
 from diffusion_jax.trainers import diffusion, txt2img
 from diffusion_jax.trainers.state import TrainState
+from tests import mains
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments/txt2img_digits.py:tiny")
+_run = functools.partial(mains.run, TINY)  # _run(workdir, mode, sample__prompts=...): main in this process
 L, W, D = 6, 12, 8  # caption length, token width, pooled width of the fake text conditions
 
 
@@ -152,6 +155,8 @@ def test_text_conditioned_step_eight_devices_equals_one(unet, mode="shard_map"):
 
 
 def _main(workdir, *flags, mode="train"):
+    """The command line in a subprocess: the e2e fixture and one bad prompt; other cases run in this process
+    (`_run`, tests/mains.py)."""
     cmd = [sys.executable, "-m", "diffusion_jax.main", f"--config={TINY}", f"--workdir={workdir}", f"--mode={mode}",
            *flags]
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
@@ -190,10 +195,8 @@ def test_sample_mode_prompts_file_and_outputs(e2e, tmp_path):
     prompts_file = tmp_path / "prompts.txt"
     prompts_file.write_text("a blue seven in the center\n\na green 2 in the bottom right\n")
     output = str(tmp_path / "out.npz")
-    code, out = _main(workdir, "--config.sample.prompts=a red 3 in the top left", f"--config.sample.prompts_file="
-                      f"{prompts_file}", "--config.sample.num_per_prompt=3", f"--config.sample.output={output}",
-                      mode="sample")
-    assert code == 0, out
+    _run(workdir, "sample", sample__prompts="a red 3 in the top left", sample__prompts_file=str(prompts_file),
+         sample__num_per_prompt=3, sample__output=output)
     with np.load(output) as f:
         assert f["images"].dtype == np.uint8 and f["images"].shape == (9, 32, 32, 3)
         assert list(f["prompts"]) == ["a red 3 in the top left"] * 3 + ["a blue seven in the center"] * 3 + [
@@ -205,8 +208,9 @@ def test_bad_prompts_are_clear_errors(e2e):
     workdir, _ = e2e
     code, out = _main(workdir, "--config.sample.prompts=a red 3 in the top left;;a blue 4", mode="sample")
     assert code == 2 and "prompt 1 is empty" in out
-    code, out = _main(workdir, "--config.sample.prompts=zebra quokka", mode="sample")
-    assert code == 2 and "zebra" in out and "only unknown words" in out
+    with pytest.raises(txt2img.PromptError) as excinfo:
+        _run(workdir, "sample", sample__prompts="zebra quokka")
+    assert "zebra" in mains.user_error(excinfo) and "only unknown words" in str(excinfo.value)
     task = txt2img.Pipeline.load(load_config(TINY), workdir)
     with pytest.raises(txt2img.PromptError, match="empty"):
         task.prompt_condition(["a red 3", "  "])
@@ -295,10 +299,10 @@ def test_the_clip_a_unet_was_trained_on_is_recorded_and_checked(e2e, tmp_path):
     before = sorted(os.listdir(workdir))
     with pytest.raises(CheckpointMismatchError, match=r"trained on the CLIP of 'clip' at step \d+ .*tokenizer or text"):
         txt2img.load_for_sampling(config, str(point))
-    code, out = _main(str(point), f"--config.sample.checkpoint_workdir={workdir}",
-                      f"--config.clip.workdir={point}/clip", "--config.sample.prompts=a red 3 in the top left",
-                      mode="sample")
-    assert code == 2 and "tokenizer or text tower differ" in out, out
+    with pytest.raises(CheckpointMismatchError) as excinfo:  # the whole sample mode too
+        _run(point, "sample", sample__checkpoint_workdir=workdir, clip__workdir=str(point / "clip"),
+             sample__prompts="a red 3 in the top left")
+    assert "tokenizer or text tower differ" in mains.user_error(excinfo)
     assert sorted(os.listdir(workdir)) == before and not os.path.exists(point / "samples")
 
 
@@ -308,9 +312,9 @@ def test_a_clip_outside_the_run_is_never_trained_further(e2e, tmp_path):
     shutil.copytree(os.path.join(workdir, "clip"), shared)
     listing = sorted(os.listdir(os.path.join(shared, "checkpoints")))
     steps = load_config(TINY).clip.train.num_steps
-    code, out = _main(str(tmp_path / "run"), f"--config.clip.workdir={shared}",
-                      f"--config.clip.train.num_steps={steps + 10}")
-    assert code == 2, out
+    with pytest.raises(ConfigError) as excinfo:
+        _run(tmp_path / "run", clip__workdir=shared, clip__train__num_steps=steps + 10)
+    out = mains.user_error(excinfo)
     assert f"config.clip.workdir={shared!r} holds a CLIP at step {steps}" in out
     assert "is not trained further" in out
     assert sorted(os.listdir(os.path.join(shared, "checkpoints"))) == listing
@@ -318,8 +322,9 @@ def test_a_clip_outside_the_run_is_never_trained_further(e2e, tmp_path):
     # The run's own CLIP, once its U-Net records it, is not trained further either.
     copy = str(tmp_path / "copy")
     shutil.copytree(workdir, copy)
-    code, out = _main(copy, f"--config.clip.train.num_steps={steps + 10}")
-    assert code == 2 and "the U-Net in" in out and "was trained on it (clip.json)" in out, out
+    with pytest.raises(ConfigError) as excinfo:
+        _run(copy, clip__train__num_steps=steps + 10)
+    assert "the U-Net in" in mains.user_error(excinfo) and "was trained on it (clip.json)" in str(excinfo.value)
     assert sorted(os.listdir(os.path.join(copy, "clip", "checkpoints"))) == listing
 
 
@@ -328,9 +333,7 @@ def test_api_draws_what_sample_mode_draws_and_uploads_the_weights_once(e2e, tmp_
     workdir, _ = e2e
     output = str(tmp_path / "cli.npz")
     prompts = ["a red 3 in the top left", "a blue seven in the center"]
-    code, out = _main(workdir, f"--config.sample.prompts={';'.join(prompts)}", "--config.sample.num_per_prompt=2",
-                      f"--config.sample.output={output}", mode="sample")
-    assert code == 0, out
+    _run(workdir, "sample", sample__prompts=";".join(prompts), sample__num_per_prompt=2, sample__output=output)
     t2i = api.TextToImage.load(workdir, TINY)
     placed = []
     replicate = DataParallel.replicate

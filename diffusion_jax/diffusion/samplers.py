@@ -7,9 +7,9 @@
   corrector, which reuses the model call of the next step, so it costs no extra call; third order where the steps
   in lambda are even. Deterministic.
 
-Rectified flow (`process.Flow`) has its own ODE samplers, ``flow_sample``: ``euler`` and ``heun`` on a time grid from
-1 (noise) to 0 (data), optionally shifted (SD3). The VP samplers above take a VP schedule; a sampler of the other
-process is refused by the config check.
+Rectified flow (`process.Flow`) has its own ODE samplers, ``flow_sample``: ``euler``, ``heun`` and ``dpmpp_2m`` (the
+same multistep solver on flow's path) on a time grid from 1 (noise) to 0 (data), optionally shifted (SD3). The VP
+samplers above take a VP schedule; a sampler of the other process is refused by the config check.
 
 Model interface: ``model_fn(x, t) -> model_output`` with x float32 [B, *shape] and
 t int32 [B]; the output (eps or v, any float dtype) is cast to float32 here. Every sampler
@@ -393,6 +393,10 @@ def flow_sample(name: str, model_fn: ModelFn, keys: jax.Array, shape: Sequence[i
     - ``euler``: x <- x + (t_next - t) v(x, t); ``steps`` model calls.
     - ``heun``: Heun's second-order step (Karras et al. 2022, Algorithm 1): an Euler step, then the average of the
       velocities at both ends; the last step, into t = 0, stays an Euler step; 2 ``steps`` - 1 model calls.
+    - ``dpmpp_2m``: DPM-Solver++(2M) (Lu et al. 2022) on flow's path (alpha = 1 - t, sigma = t, so its first-order
+      step is the Euler step): second order from the model's clean image x0 = x - t v at this step and the last,
+      ``steps`` model calls. lambda = log((1 - t) / t) is infinite at t = 1 and t = 0, so the first two steps and
+      the last are first order (Euler).
 
     The model sees the time in its units (`time_scale` t: 1000 t, as SD3). Deterministic.
     """
@@ -403,23 +407,34 @@ def flow_sample(name: str, model_fn: ModelFn, keys: jax.Array, shape: Sequence[i
     grid = flow_time_grid(steps, shift)
     velocity = lambda x, t: _flow_velocity(model_fn, x, t, time_scale, clip_x0)  # noqa: E731
 
-    def step(x, xs):
-        i, t, t_next = xs
+    def step(carry, xs):
+        x, x0_prev = carry
+        i, t_prev, t, t_next = xs
         v = velocity(x, t)
         x_euler = x + (t_next - t) * v
         if name == "euler":
-            return x_euler, None
+            return (x_euler, x0_prev), None
+        if name == "dpmpp_2m":
+            x0 = x - t * v
+            second = (i >= 2) & (i < steps - 1)
+            # lambda's steps h (this one) and h_prev (the last), at finite stand-in times where the step is first order
+            t_prev_, t_, t_next_ = (jnp.where(second, a, b) for a, b in ((t_prev, 0.75), (t, 0.5), (t_next, 0.25)))
+            lam = lambda u: jnp.log1p(-u) - jnp.log(u)  # noqa: E731
+            h, h_prev = lam(t_next_) - lam(t_), lam(t_) - lam(t_prev_)
+            d = x0 + h / (2.0 * h_prev) * (x0 - x0_prev)
+            return (jnp.where(second, t_next / t * x + (t - t_next) / t * d, x_euler), x0), None
         # Heun: the velocity at the Euler point, except on the last step (t_next = 0), whose x0 is already final
         v_next = jax.lax.cond(i < steps - 1, lambda: velocity(x_euler, jnp.maximum(t_next, 1e-8)), lambda: v)
-        return x + (t_next - t) * 0.5 * (v + v_next), None
+        return (x + (t_next - t) * 0.5 * (v + v_next), x0_prev), None
 
     x_init = _per_example_normal(keys, 0, shape)
-    xs = (jnp.arange(steps, dtype=jnp.int32), jnp.asarray(grid[:-1]), jnp.asarray(grid[1:]))
-    x, _ = jax.lax.scan(step, x_init, xs)
+    xs = (jnp.arange(steps, dtype=jnp.int32), jnp.asarray(np.concatenate([grid[:1], grid[:-2]])),
+          jnp.asarray(grid[:-1]), jnp.asarray(grid[1:]))
+    (x, _), _ = jax.lax.scan(step, (x_init, jnp.zeros_like(x_init)), xs)
     return x
 
 
-FLOW_SAMPLERS = ("euler", "heun")
+FLOW_SAMPLERS = ("euler", "heun", "dpmpp_2m")
 
 
 def classifier_free_guidance(

@@ -13,6 +13,7 @@ collectives such as sampling) and must write files on process 0 only.
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -20,11 +21,30 @@ import jax
 import numpy as np
 import tqdm
 from absl import logging
-from tensorboardX import SummaryWriter
 
 from diffusion_jax import distributed
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.parallel import DataParallel
+
+
+def _import_summary_writer():
+    """tensorboardX's SummaryWriter, imported without torch. tensorboardX's writer imports torch whenever it is
+    installed, only to accept torch tensors (this package passes numpy); that loaded torch, a test-only extra here,
+    into every training process of an install that has it, at about 2 s a process. Marking torch as missing for
+    the duration of that one import makes tensorboardX take its no-torch path; a process that already imported torch
+    is left as it is."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
+SummaryWriter = _import_summary_writer()
 
 
 class MetricsWriter:

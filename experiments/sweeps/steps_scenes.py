@@ -1,0 +1,37 @@
+"""Issue 26, sampling steps on the scenes: the comparison (`backbones_scenes.py`) samples every point with 10 steps of
+its preset's sampler (UniPC for VP, Euler for flow). Does each model reach there the all correct it reaches at 50,
+and do Heun at 10 steps (19 model calls) or DPM-Solver++(2M) at 10 steps (10 calls, as Euler) close a flow model's
+gap? Each point evaluates a finished training point of the comparison, guidance 5 only, with the scene checker
+(nothing is trained).
+
+  python -m diffusion_jax.sweep --sweep=experiments/sweeps/backbones_scenes.py --root=runs/sweeps/backbones_scenes
+  python -m diffusion_jax.sweep --sweep=experiments/sweeps/steps_scenes.py --root=runs/sweeps/steps_scenes
+"""
+import os
+
+from diffusion_jax.sweep import require_trained
+from diffusion_jax.sweep.points import load_module
+
+MODES = ("eval",)
+METRIC = "default_seen_all_accuracy"
+METRICS = ("default_seen_all_accuracy", "default_heldout_all_accuracy", "default_seen_digit_accuracy",
+           "default_seen_relation_accuracy")
+TRAINED_ROOT = "runs/sweeps/backbones_scenes"  # relative to where the sweep is started, as the comparison's FROZEN
+COMPARISON = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "backbones_scenes.py"))
+
+
+def get_sweep():
+    """(base config, points): each model of the comparison at 50 steps of its preset's sampler; each flow model also
+    by Heun and by DPM-Solver++(2M) at 10 steps."""
+    points = []
+    for preset, steps in COMPARISON.STEPS.items():
+        workdir = os.path.join(TRAINED_ROOT, f"preset={preset},train.num_steps={steps}")
+        require_trained(workdir, "python -m diffusion_jax.sweep --sweep=experiments/sweeps/backbones_scenes.py "
+                                 f"--root={TRAINED_ROOT}", "the scenes sampling steps sweep")
+        flow = preset.endswith("+flow")
+        for sampler, num in (("euler", 50), ("heun", 10), ("dpmpp_2m", 10)) if flow else (("unipc", 50),):
+            points.append({"preset": preset, "sample.sampler": sampler, "sample.steps": num,
+                           "sample.checkpoint_workdir": workdir, "clip.workdir": f"{COMPARISON.FROZEN}/clip",
+                           "autoencoder.workdir": f"{COMPARISON.FROZEN}/autoencoder",
+                           "eval.guidance_scales": (), "train.final_eval": False})
+    return "experiments/txt2img_scenes.py", points
