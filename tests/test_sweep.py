@@ -419,7 +419,8 @@ def test_curve_sweep_scores_every_kept_checkpoint_of_the_finished_training_point
     assert sweep.modes == ("eval",) and sweep.fixed["eval.guidance_scales"] == ()
 
 
-def test_scenes_steps_sweep_samples_every_model_at_50_steps_and_flow_by_heun_and_2m_at_10(tmp_path, monkeypatch):
+def test_scenes_steps_sweep_samples_every_model_at_50_steps_and_flow_by_heun_2m_and_shift_at_10(tmp_path,
+                                                                                                monkeypatch):
     monkeypatch.chdir(tmp_path)
     os.symlink(os.path.join(ROOT, "experiments"), tmp_path / "experiments")
     path = os.path.join(ROOT, "experiments/sweeps/steps_scenes.py")
@@ -433,7 +434,9 @@ def test_scenes_steps_sweep_samples_every_model_at_50_steps_and_flow_by_heun_and
     models = ("unet", "dit", "mmdit")
     assert got == sorted([(f"{m}+vp", "unipc", 50) for m in models]
                          + [(f"{m}+flow", s, n) for m in models
-                            for s, n in (("euler", 50), ("heun", 10), ("dpmpp_2m", 10))])
+                            for s, n in (("euler", 50), ("heun", 10), ("dpmpp_2m", 10), ("euler", 10))])
+    assert sorted(p.overrides["preset"] for p in sweep.points if p.overrides.get("diffusion.shift") == 3.0) == [
+        "dit+flow", "mmdit+flow", "unet+flow"]
     assert sweep.modes == ("eval",) and sweep.fixed["eval.guidance_scales"] == ()
 
 

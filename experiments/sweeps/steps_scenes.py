@@ -1,7 +1,8 @@
 """Issue 26, sampling steps on the scenes: the comparison (`backbones_scenes.py`) samples every point with 10 steps of
 its preset's sampler (UniPC for VP, Euler for flow). Does each model reach there the all correct it reaches at 50,
-and do Heun at 10 steps (19 model calls) or DPM-Solver++(2M) at 10 steps (10 calls, as Euler) close a flow model's
-gap? Each point evaluates a finished training point of the comparison, guidance 5 only, with the scene checker
+and do Heun at 10 steps (19 model calls), DPM-Solver++(2M) at 10 steps (10 calls, as Euler) or Euler on SD3's
+shifted time grid (shift 3, more of the 10 steps at high noise; the models were trained unshifted) close a flow
+model's gap? Each point evaluates a finished training point of the comparison, guidance 5 only, with the scene checker
 (nothing is trained).
 
   python -m diffusion_jax.sweep --sweep=experiments/sweeps/backbones_scenes.py --root=runs/sweeps/backbones_scenes
@@ -22,16 +23,19 @@ COMPARISON = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__))
 
 def get_sweep():
     """(base config, points): each model of the comparison at 50 steps of its preset's sampler; each flow model also
-    by Heun and by DPM-Solver++(2M) at 10 steps."""
+    by Heun, by DPM-Solver++(2M) and by Euler on a grid shifted by 3, at 10 steps."""
     points = []
     for preset, steps in COMPARISON.STEPS.items():
         workdir = os.path.join(TRAINED_ROOT, f"preset={preset},train.num_steps={steps}")
         require_trained(workdir, "python -m diffusion_jax.sweep --sweep=experiments/sweeps/backbones_scenes.py "
                                  f"--root={TRAINED_ROOT}", "the scenes sampling steps sweep")
         flow = preset.endswith("+flow")
+        shared = {"sample.checkpoint_workdir": workdir, "clip.workdir": f"{COMPARISON.FROZEN}/clip",
+                  "autoencoder.workdir": f"{COMPARISON.FROZEN}/autoencoder", "eval.guidance_scales": (),
+                  "train.final_eval": False}
         for sampler, num in (("euler", 50), ("heun", 10), ("dpmpp_2m", 10)) if flow else (("unipc", 50),):
-            points.append({"preset": preset, "sample.sampler": sampler, "sample.steps": num,
-                           "sample.checkpoint_workdir": workdir, "clip.workdir": f"{COMPARISON.FROZEN}/clip",
-                           "autoencoder.workdir": f"{COMPARISON.FROZEN}/autoencoder",
-                           "eval.guidance_scales": (), "train.final_eval": False})
+            points.append({"preset": preset, "sample.sampler": sampler, "sample.steps": num, **shared})
+        if flow:
+            points.append({"preset": preset, "sample.sampler": "euler", "sample.steps": 10, **shared,
+                           "diffusion.shift": 3.0})
     return "experiments/txt2img_scenes.py", points
