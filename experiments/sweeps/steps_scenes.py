@@ -11,7 +11,7 @@ model's gap? Each point evaluates a finished training point of the comparison, g
 import os
 
 from diffusion_jax.sweep import require_trained
-from diffusion_jax.sweep.points import load_module
+from diffusion_jax.sweep.points import load_module, point_names
 
 MODES = ("eval",)
 METRIC = "default_seen_all_accuracy"
@@ -25,13 +25,14 @@ def get_sweep():
     """(base config, points): each model of the comparison at 50 steps of its preset's sampler; each flow model also
     by Heun, by DPM-Solver++(2M) and by Euler on a grid shifted by 3, at 10 steps."""
     points = []
-    for preset, steps in COMPARISON.STEPS.items():
-        workdir = os.path.join(TRAINED_ROOT, f"preset={preset},train.num_steps={steps}")
+    _, training = COMPARISON.get_sweep()
+    for overrides, name in zip(training, point_names(training)):  # the comparison's points and their workdirs
+        preset, workdir = overrides["preset"], os.path.join(TRAINED_ROOT, name)
         require_trained(workdir, "python -m diffusion_jax.sweep --sweep=experiments/sweeps/backbones_scenes.py "
                                  f"--root={TRAINED_ROOT}", "the scenes sampling steps sweep")
         flow = preset.endswith("+flow")
-        shared = {"sample.checkpoint_workdir": workdir, "clip.workdir": f"{COMPARISON.FROZEN}/clip",
-                  "autoencoder.workdir": f"{COMPARISON.FROZEN}/autoencoder", "eval.guidance_scales": (),
+        shared = {"sample.checkpoint_workdir": workdir, "clip.workdir": overrides["clip.workdir"],
+                  "autoencoder.workdir": overrides["autoencoder.workdir"], "eval.guidance_scales": (),
                   "train.final_eval": False}
         for sampler, num in (("euler", 50), ("heun", 10), ("dpmpp_2m", 10)) if flow else (("unipc", 50),):
             points.append({"preset": preset, "sample.sampler": sampler, "sample.steps": num, **shared})
