@@ -4,6 +4,7 @@ sampling another run's model with sample.checkpoint_workdir."""
 import csv
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -419,16 +420,23 @@ def test_curve_sweep_scores_every_kept_checkpoint_of_the_finished_training_point
     assert sweep.modes == ("eval",) and sweep.fixed["eval.guidance_scales"] == ()
 
 
-def test_scenes_steps_sweep_samples_every_model_at_50_steps_and_flow_by_heun_2m_and_shift_at_10(tmp_path,
-                                                                                                monkeypatch):
+def _load_after_the_comparison_is_trained(path: str, first_preset: str, tmp_path, monkeypatch):
+    """Loads a sweep file that samples the scenes comparison's trained points: first without them (a FileNotFoundError
+    naming `first_preset`'s workdir and the comparison's command), then beside stand-ins of every trained workdir."""
     monkeypatch.chdir(tmp_path)
     os.symlink(os.path.join(ROOT, "experiments"), tmp_path / "experiments")
-    path = os.path.join(ROOT, "experiments/sweeps/steps_scenes.py")
-    with pytest.raises(FileNotFoundError, match=r"preset=unet\+vp.*checkpoints.*backbones_scenes.py"):
+    path = os.path.join(ROOT, path)
+    with pytest.raises(FileNotFoundError, match=rf"preset={re.escape(first_preset)}.*checkpoints.*backbones_scenes.py"):
         sweep_lib.load_sweep(path)
     for preset, steps in load_module(os.path.join(ROOT, "experiments/sweeps/backbones_scenes.py")).STEPS.items():
         os.makedirs(tmp_path / f"runs/sweeps/backbones_scenes/preset={preset},train.num_steps={steps}/checkpoints")
-    sweep = sweep_lib.load_sweep(path)
+    return sweep_lib.load_sweep(path)
+
+
+def test_scenes_steps_sweep_samples_every_model_at_50_steps_and_flow_by_heun_2m_and_shift_at_10(tmp_path,
+                                                                                                monkeypatch):
+    sweep = _load_after_the_comparison_is_trained("experiments/sweeps/steps_scenes.py", "unet+vp", tmp_path,
+                                                  monkeypatch)
     got = sorted((p.overrides["preset"], p.overrides["sample.sampler"], p.overrides["sample.steps"])
                  for p in sweep.points)
     models = ("unet", "dit", "mmdit")
@@ -438,6 +446,37 @@ def test_scenes_steps_sweep_samples_every_model_at_50_steps_and_flow_by_heun_2m_
     assert sorted(p.overrides["preset"] for p in sweep.points if p.overrides.get("diffusion.shift") == 3.0) == [
         "dit+flow", "mmdit+flow", "unet+flow"]
     assert sweep.modes == ("eval",) and sweep.fixed["eval.guidance_scales"] == ()
+
+
+def test_flow_10_step_sweeps_choose_each_models_sampler_on_another_seed_and_measure_it_against_50(tmp_path,
+                                                                                                  monkeypatch):
+    select = _load_after_the_comparison_is_trained("experiments/sweeps/flow10_scenes_select.py", "mmdit+flow",
+                                                   tmp_path, monkeypatch)
+    candidates = [("euler", 1.0), ("euler", 2.0), ("euler", 3.0), ("euler", 4.0), ("euler", 6.0), ("heun", 1.0),
+                  ("heun", 3.0)]
+    assert [(p.overrides["preset"], p.overrides["sample.sampler"], p.overrides["diffusion.shift"])
+            for p in select.points] == [(m, s, k) for m in ("mmdit+flow", "dit+flow") for s, k in candidates]
+    assert select.modes == ("eval",)
+    assert {key: select.fixed[key] for key in ("sample.steps", "sample.seed", "eval.guidance_scales")} == {
+        "sample.steps": 10, "sample.seed": 2, "eval.guidance_scales": ()}
+    path = os.path.join(ROOT, "experiments/sweeps/flow10_scenes.py")
+    with pytest.raises(FileNotFoundError, match=r"selection result .*eval.json.*flow10_scenes_select.py"):
+        sweep_lib.load_sweep(path)
+    # mmdit: heun at shift 3 best over both splits (not on the seen split alone); dit: euler 2 and 4 tie, the first wins
+    both = {("mmdit+flow", "heun", 3.0): (0.60, 0.50), ("mmdit+flow", "euler", 6.0): (0.70, 0.38),
+            ("dit+flow", "euler", 2.0): (0.90, 0.88), ("dit+flow", "euler", 4.0): (0.88, 0.90)}
+    for point in select.points:
+        seen, heldout = both.get((point.overrides["preset"], point.overrides["sample.sampler"],
+                                  point.overrides["diffusion.shift"]), (0.5, 0.4))
+        os.makedirs(tmp_path / "runs/sweeps/flow10_scenes_select" / point.name)
+        with open(tmp_path / "runs/sweeps/flow10_scenes_select" / point.name / "eval.json", "w") as f:
+            json.dump({"default_seen_all_accuracy": seen, "default_heldout_all_accuracy": heldout}, f)
+    sweep = sweep_lib.load_sweep(path)
+    assert [(p.overrides["preset"], p.overrides["sample.sampler"], p.overrides["sample.steps"],
+             p.overrides["diffusion.shift"], p.overrides["sample.seed"]) for p in sweep.points] == [
+        ("mmdit+flow", "euler", 50, 1.0, 1), ("mmdit+flow", "heun", 10, 3.0, 1),
+        ("dit+flow", "euler", 50, 1.0, 1), ("dit+flow", "euler", 10, 2.0, 1)]
+    assert sweep.points[0].overrides["sample.checkpoint_workdir"].endswith("preset=mmdit+flow,train.num_steps=7365")
 
 
 def test_digits_preset_is_the_quality_recipe_sweeps_chosen_point(monkeypatch):
