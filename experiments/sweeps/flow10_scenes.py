@@ -17,7 +17,7 @@ MODES = ("eval",)
 METRIC = "default_seen_all_accuracy"
 METRICS = ("default_seen_all_accuracy", "default_heldout_all_accuracy", "default_seen_digit_accuracy",
            "default_heldout_digit_accuracy")
-SELECT_ROOT = "runs/sweeps/flow10_scenes_select"  # relative to where the sweep is started, as the comparison's
+SELECT_ROOT = "runs/sweeps/flow10_scenes_select"  # relative to where the sweep is started, as SELECT.TRAINED_ROOT
 SELECT = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "flow10_scenes_select.py"))
 EVAL_SEED = 1  # txt2img_scenes.py's sample.seed: the seed of the comparison's figures
 
@@ -48,8 +48,8 @@ def chosen() -> dict:
 
 def get_sweep():
     """(base config, points): per model, 50 Euler steps and its chosen 10-step sampler, on the evaluation seed."""
-    points = []
+    points, models = [], SELECT.trained_models()
     for preset, (sampler, shift) in chosen().items():
-        points.append(SELECT.sampling_point(preset, "euler", 50, 1.0, EVAL_SEED))
-        points.append(SELECT.sampling_point(preset, sampler, 10, shift, EVAL_SEED))
+        points.append(SELECT.sampling_point(models, preset, "euler", 50, 1.0, EVAL_SEED))
+        points.append(SELECT.sampling_point(models, preset, sampler, 10, shift, EVAL_SEED))
     return "experiments/txt2img_scenes.py", points

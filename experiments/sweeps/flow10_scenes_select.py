@@ -46,9 +46,10 @@ def trained_models() -> dict:
     return models
 
 
-def sampling_point(preset: str, sampler: str, steps: int, shift: float, seed: int) -> dict:
-    """One evaluation of the comparison's trained `preset` (guidance 5 only) by a flow sampler on a shifted grid."""
-    overrides, workdir = trained_models()[preset]
+def sampling_point(models: dict, preset: str, sampler: str, steps: int, shift: float, seed: int) -> dict:
+    """One evaluation of the trained `preset` of `models` (`trained_models()`), guidance 5 only, by a flow sampler on
+    a shifted grid."""
+    overrides, workdir = models[preset]
     return {"preset": preset, "sample.sampler": sampler, "sample.steps": steps, "diffusion.shift": shift,
             "sample.seed": seed, "sample.checkpoint_workdir": workdir, "clip.workdir": overrides["clip.workdir"],
             "autoencoder.workdir": overrides["autoencoder.workdir"], "eval.guidance_scales": (),
@@ -57,5 +58,6 @@ def sampling_point(preset: str, sampler: str, steps: int, shift: float, seed: in
 
 def get_sweep():
     """(base config, points): every candidate at 10 steps for every model of MODELS, on the selection seed."""
-    return "experiments/txt2img_scenes.py", [sampling_point(preset, sampler, 10, shift, SELECT_SEED)
+    models = trained_models()
+    return "experiments/txt2img_scenes.py", [sampling_point(models, preset, sampler, 10, shift, SELECT_SEED)
                                              for preset in MODELS for sampler, shift in CANDIDATES]
